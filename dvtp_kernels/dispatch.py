@@ -1,0 +1,138 @@
+"""Backend choice for the three ops, with the reasons a backend cannot take an input.
+
+Backends: "reference" (PyTorch, any device), "cpu" (C++ extension), "triton" (GPU; on
+CPU only on request and under ``TRITON_INTERPRET=1``), "cuda" (CUDA extension).
+``backend=None`` takes the first usable backend of the device's preference list,
+``DVTP_BACKEND`` overrides that default, and a backend that was asked for but cannot
+take the input raises `BackendError` listing why.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from . import _extension, reference
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+OPS = ("accumulate_visual_scores", "select_visual_tokens", "gather_compact")
+
+# Fastest first, as measured by benchmarks/ (see README's backend table).
+DEFAULT_ORDER = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("cuda", "triton", "reference"),
+}
+
+
+class BackendError(ValueError):
+    """No backend (or not the requested one) can run an op on the given input."""
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_module():
+    """(module, None) or (None, why triton is unusable). Imported lazily: triton is optional."""
+    try:
+        from . import triton_backend
+    except Exception as exc:  # ImportError, or triton failing to initialise
+        return None, f"triton is not usable ({type(exc).__name__}: {exc})"
+    return triton_backend, None
+
+
+def not_supported_reasons(backend: str, op: str, device: torch.device, args: dict | None = None) -> list[str]:
+    """Why ``backend`` cannot run ``op`` on tensors on ``device`` ([] when it can).
+
+    With the normalised ``args`` of a call, input-specific limits are checked too.
+    """
+    reasons = []
+    if backend == "reference":
+        return reasons
+    if backend in ("cpu", "cuda"):
+        want = "cpu" if backend == "cpu" else "cuda"
+        if device.type != want:
+            reasons.append(f"the {backend} backend takes {want.upper()} tensors, got tensors on {device}")
+        problem = _extension.load()
+        if problem is not None:
+            reasons.append(f"{problem}; {_extension.BUILD_HINT}")
+        elif not _extension.has_kernel(op, want.upper()):
+            reasons.append(
+                f"the extension was built without {want.upper()} kernels "
+                "(see `python -m dvtp_kernels.info`)"
+            )
+        return reasons
+    if backend == "triton":
+        module, problem = _triton_module()
+        if problem is not None:
+            reasons.append(problem)
+        if device.type == "cpu":
+            if os.environ.get("TRITON_INTERPRET") != "1":
+                reasons.append(
+                    "triton runs CPU tensors only in its interpreter: set TRITON_INTERPRET=1 "
+                    "before importing dvtp_kernels"
+                )
+        elif device.type != "cuda":
+            reasons.append(f"triton takes CUDA tensors, got tensors on {device}")
+        if module is not None and args is not None:
+            reasons.extend(module.cannot_take(op, **args))
+        return reasons
+    raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def _device_of(op: str, args: dict) -> torch.device:
+    if op == "accumulate_visual_scores":
+        return args["q"].device
+    if op == "select_visual_tokens":
+        return args["scores"].device
+    return args["gather_index"].device
+
+
+def choose(op: str, args: dict, backend: str | None = None) -> str:
+    """The backend that runs ``op`` on ``args``: ``backend`` if given, else DVTP_BACKEND, else the default."""
+    requested = backend or os.environ.get("DVTP_BACKEND") or None
+    if requested is not None:
+        if requested not in BACKENDS:
+            source = "backend" if backend else "DVTP_BACKEND"
+            raise BackendError(f"{source}={requested!r} is not a backend; expected one of {', '.join(BACKENDS)}")
+        reasons = not_supported_reasons(requested, op, _device_of(op, args), args)
+        if reasons:
+            how = "backend" if backend else "DVTP_BACKEND"
+            raise BackendError(
+                f"{how}={requested!r} cannot run {op} on this input:\n  - " + "\n  - ".join(reasons)
+            )
+        return requested
+    device = _device_of(op, args)
+    order = DEFAULT_ORDER.get(device.type, ("reference",))
+    all_reasons = {}
+    for name in order:
+        reasons = not_supported_reasons(name, op, device, args)
+        if not reasons:
+            if name == "reference" and "cpu" in all_reasons and _extension.load() is not None:
+                _extension.warn_fallback(_extension.load())
+            return name
+        all_reasons[name] = reasons
+    lines = [f"{name}: {'; '.join(r)}" for name, r in all_reasons.items()]
+    raise BackendError(f"no backend can run {op} on this input:\n  - " + "\n  - ".join(lines))
+
+
+def run(backend: str, op: str, **args):
+    """Run a normalised op call on a backend (no checks: callers validated and chose)."""
+    if backend == "reference":
+        return _REFERENCE[op](**args)
+    if backend == "triton":
+        module, _ = _triton_module()
+        return getattr(module, op)(**args)
+    return getattr(torch.ops.dvtp, op)(**args)
+
+
+def _reference_select(scores, row_mask, seq_len, key_start, key_len, keep_count, max_new_len, max_keep):
+    gather_index, _, keep_index = reference.select_visual_tokens(
+        scores, row_mask, seq_len, key_start, key_len, keep_count
+    )
+    return gather_index, keep_index
+
+
+_REFERENCE = {
+    "accumulate_visual_scores": reference.accumulate_visual_scores,
+    "select_visual_tokens": _reference_select,
+    "gather_compact": reference.gather_compact,
+}

@@ -1,0 +1,235 @@
+"""Argument checks for the public ops: everything is rejected here, before any kernel runs.
+
+Each ``check_*`` returns the normalised arguments the backends receive (see
+`dvtp_kernels.reference` for their meaning): per-item quantities become contiguous int64
+``[B]`` tensors on the data's device. Range checks need the values on the host; for
+CUDA tensors that costs one device-to-host copy per call (pass Python ints or CPU
+tensors to avoid it).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+import torch
+
+from . import reference
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def require_tensor(value, name: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def require_same_device(t: torch.Tensor, name: str, device: torch.device, ref_name: str) -> None:
+    if t.device != device:
+        raise ValueError(
+            f"{name} is on {t.device} but {ref_name} is on {device}; all tensors must be on one device"
+        )
+
+
+def index_vector(value, name: str, batch: int, device: torch.device) -> tuple[torch.Tensor, list[int]]:
+    """An int, a sequence of ints, or an integer ``[B]`` tensor -> (int64 [B] on device, host list)."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor (int64 [B]), got dtype {value.dtype}")
+        if value.dim() == 0:
+            value = value.reshape(1).expand(batch)
+        if value.dim() != 1 or value.shape[0] != batch:
+            raise ValueError(f"{name} must have shape [B] = [{batch}], got {_shape(value)}")
+        host = value.tolist()
+        tensor = value.to(device=device, dtype=torch.int64).contiguous()
+        return tensor, host
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        host = [int(value)] * batch
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        if len(value) != batch or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+        ):
+            raise ValueError(f"{name} must be {batch} integers (one per batch item), got {value!r}")
+        host = [int(v) for v in value]
+    else:
+        raise TypeError(
+            f"{name} must be an int, a sequence of ints or an int64 [B] tensor, got {type(value).__name__}"
+        )
+    return torch.tensor(host, dtype=torch.int64, device=device), host
+
+
+def _check_bool_vector(t, name: str, shape: tuple[int, ...], device: torch.device, ref: str) -> torch.Tensor:
+    require_tensor(t, name)
+    if t.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor of shape {list(shape)}, got dtype {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {_shape(t)}")
+    require_same_device(t, name, device, ref)
+    return t.contiguous()
+
+
+def check_accumulate(q, k, scores, query_start, key_start, key_len, scale, lse, key_valid) -> dict:
+    require_tensor(q, "q")
+    require_tensor(k, "k")
+    require_tensor(scores, "scores")
+    if q.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"q must be float32, float16 or bfloat16, got {q.dtype}")
+    if k.dtype != q.dtype:
+        raise TypeError(f"k must have the dtype of q ({q.dtype}), got {k.dtype}")
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, Hq, N, D], got shape {_shape(q)}")
+    if k.dim() != 4:
+        raise ValueError(f"k must be [B, Hkv, N, D], got shape {_shape(k)}")
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    if k.shape[0] != B or k.shape[2] != N or k.shape[3] != D:
+        raise ValueError(
+            f"k must be [B, Hkv, N, D] = [{B}, Hkv, {N}, {D}] to match q {_shape(q)}, got {_shape(k)}"
+        )
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"q's head count Hq={Hq} must be a multiple of k's head count Hkv={Hkv} (GQA)")
+    device = q.device
+    require_same_device(k, "k", device, "q")
+    require_same_device(scores, "scores", device, "q")
+    if scores.dtype != torch.float32:
+        raise TypeError(f"scores must be a float32 [B, R, Vmax] buffer, got dtype {scores.dtype}")
+    if scores.dim() != 3 or scores.shape[0] != B:
+        raise ValueError(f"scores must be [B, R, Vmax] with B={B}, got shape {_shape(scores)}")
+    if not scores.is_contiguous():
+        raise ValueError("scores must be contiguous (it is updated in place)")
+    R, Vmax = scores.shape[1], scores.shape[2]
+    qs, qs_host = index_vector(query_start, "query_start", B, device)
+    ks, ks_host = index_vector(key_start, "key_start", B, device)
+    kl, kl_host = index_vector(key_len, "key_len", B, device)
+    for b in range(B):
+        if qs_host[b] < 0 or qs_host[b] + R > N:
+            raise ValueError(
+                f"query rows [query_start, query_start + R) = [{qs_host[b]}, {qs_host[b] + R}) of item {b} "
+                f"fall outside the sequence of N={N} (R={R} from scores.shape[1])"
+            )
+        if ks_host[b] < 0 or kl_host[b] < 0 or ks_host[b] + kl_host[b] > N:
+            raise ValueError(
+                f"key span [key_start, key_start + key_len) = [{ks_host[b]}, {ks_host[b] + kl_host[b]}) "
+                f"of item {b} falls outside the sequence of N={N}"
+            )
+        if kl_host[b] > Vmax:
+            raise ValueError(f"key_len[{b}]={kl_host[b]} exceeds scores.shape[2] (Vmax={Vmax})")
+    if scale is None:
+        scale = D ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite float, got {scale!r}")
+    if lse is not None:
+        require_tensor(lse, "lse")
+        if lse.dtype != torch.float32:
+            raise TypeError(f"lse must be float32 [B, Hq, N], got dtype {lse.dtype}")
+        if tuple(lse.shape) != (B, Hq, N):
+            raise ValueError(f"lse must have shape [B, Hq, N] = [{B}, {Hq}, {N}], got {_shape(lse)}")
+        require_same_device(lse, "lse", device, "q")
+    if key_valid is not None:
+        key_valid = _check_bool_vector(key_valid, "key_valid", (B, N), device, "q")
+    return dict(
+        q=q.detach(), k=k.detach(), scores=scores, query_start=qs, key_start=ks, key_len=kl,
+        scale=float(scale), lse=None if lse is None else lse.detach(), key_valid=key_valid,
+    )
+
+
+def check_select(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep) -> tuple[dict, list[int]]:
+    """Returns (normalised args without keep_count, requested keep per item or None)."""
+    require_tensor(scores, "scores")
+    if scores.dtype != torch.float32:
+        raise TypeError(f"scores must be float32 [B, R, Vmax], got dtype {scores.dtype}")
+    if scores.dim() != 3:
+        raise ValueError(f"scores must be [B, R, Vmax], got shape {_shape(scores)}")
+    B, R, Vmax = scores.shape
+    device = scores.device
+    row_mask = _check_bool_vector(row_mask, "row_mask", (B, R), device, "scores")
+    sl, sl_host = index_vector(seq_len, "seq_len", B, device)
+    ks, ks_host = index_vector(key_start, "key_start", B, device)
+    kl, kl_host = index_vector(key_len, "key_len", B, device)
+    for b in range(B):
+        if ks_host[b] < 0 or kl_host[b] < 0 or ks_host[b] + kl_host[b] > sl_host[b]:
+            raise ValueError(
+                f"key span [key_start, key_start + key_len) = [{ks_host[b]}, {ks_host[b] + kl_host[b]}) "
+                f"of item {b} falls outside its sequence of seq_len={sl_host[b]}"
+            )
+        if kl_host[b] > Vmax:
+            raise ValueError(f"key_len[{b}]={kl_host[b]} exceeds scores.shape[2] (Vmax={Vmax})")
+    if (keep_ratio is None) == (keep is None):
+        raise ValueError("give exactly one of keep_ratio and keep")
+    if keep_ratio is not None:
+        if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real) or not (
+            0.0 < keep_ratio <= 1.0
+        ):
+            raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+        requested = reference.requested_keep_count(kl_host, float(keep_ratio))
+    else:
+        _, requested = index_vector(keep, "keep", B, torch.device("cpu"))
+        for b in range(B):
+            low = 1 if kl_host[b] > 0 else 0
+            if not low <= requested[b] <= kl_host[b]:
+                raise ValueError(
+                    f"keep[{b}]={requested[b]} must lie in [{low}, key_len[{b}]={kl_host[b]}]"
+                )
+    args = dict(scores=scores.contiguous(), row_mask=row_mask, seq_len=sl, key_start=ks, key_len=kl)
+    return args, requested
+
+
+def check_gather(tensors, gather_index, new_len, dims, pad_value) -> dict:
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
+        raise TypeError("tensors must be a list or tuple of tensors (wrap a single tensor in a list)")
+    require_tensor(gather_index, "gather_index")
+    if gather_index.dtype != torch.int64 or gather_index.dim() != 2:
+        raise TypeError(
+            f"gather_index must be an int64 [B, M] tensor, got dtype {gather_index.dtype} shape {_shape(gather_index)}"
+        )
+    B, M = gather_index.shape
+    device = gather_index.device
+    nl, nl_host = index_vector(new_len, "new_len", B, device)
+    if isinstance(dims, numbers.Integral):
+        dims = [int(dims)] * len(tensors)
+    elif len(dims) != len(tensors):
+        raise ValueError(f"dims must be an int or one int per tensor ({len(tensors)}), got {list(dims)}")
+    if not isinstance(pad_value, numbers.Real):
+        raise TypeError(f"pad_value must be a bool, int or float, got {type(pad_value).__name__}")
+    seq = None
+    norm_dims = []
+    for i, (t, d) in enumerate(zip(tensors, dims)):
+        name = f"tensors[{i}]"
+        require_tensor(t, name)
+        require_same_device(t, name, device, "gather_index")
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have a batch dim and a sequence dim, got shape {_shape(t)}")
+        if not -t.dim() <= d < t.dim() or d % t.dim() == 0:
+            raise ValueError(f"dims[{i}]={d} is not a sequence dim of {name} with shape {_shape(t)} (dim 0 is the batch)")
+        d = d % t.dim()
+        if t.shape[0] != B:
+            raise ValueError(f"{name} has batch {t.shape[0]} but gather_index has B={B}")
+        if seq is None:
+            seq = t.shape[d]
+        elif t.shape[d] != seq:
+            raise ValueError(f"{name} has sequence length {t.shape[d]} along dim {d}, but tensors[0] has {seq}")
+        if not isinstance(pad_value, bool) and not t.dtype.is_floating_point and t.dtype != torch.bool:
+            if not float(pad_value).is_integer():
+                raise ValueError(f"pad_value={pad_value!r} is not representable in {name}'s dtype {t.dtype}")
+        if t.dtype == torch.bool and pad_value not in (0, 1):
+            raise ValueError(f"pad_value={pad_value!r} is not representable in {name}'s dtype torch.bool")
+        norm_dims.append(d)
+    if tensors:
+        # One device-to-host read checks every index: in range, valid exactly below new_len.
+        positions = torch.arange(M, device=device).unsqueeze(0)
+        inside = positions < nl.unsqueeze(1)
+        bad_range = ((gather_index >= seq) | (gather_index < -1)).any()
+        bad_layout = (inside & (gather_index < 0)).any() | (~inside & (gather_index != -1)).any()
+        bad_range, bad_layout = torch.stack([bad_range, bad_layout]).tolist()
+        if any(n < 0 or n > M for n in nl_host):
+            raise ValueError(f"new_len must lie in [0, M={M}] (gather_index.shape[1]), got {nl_host}")
+        if bad_range:
+            raise ValueError(f"gather_index has entries outside [-1, N={seq}) (N: the tensors' sequence length)")
+        if bad_layout:
+            raise ValueError("gather_index must hold >= 0 entries exactly at positions < new_len and -1 after")
+    return dict(tensors=list(tensors), gather_index=gather_index.contiguous(), dims=norm_dims, pad_value=pad_value)

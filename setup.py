@@ -1,0 +1,76 @@
+"""Build of dvtp: the C++ CPU extension always, CUDA kernels when a CUDA toolchain is there.
+
+Environment:
+  DVTP_SKIP_EXT=1   build no extension (pure-Python install: reference + Triton backends)
+  FORCE_CUDA=1      compile csrc/cuda/*.cu even if torch/CUDA_HOME do not say CUDA
+  MAX_JOBS=N        parallel compile jobs (ninja)
+  TORCH_CUDA_ARCH_LIST  CUDA archs (default "8.0;9.0")
+"""
+import glob
+import json
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+BUILD_INFO = os.path.join(ROOT, "dvtp_kernels", "_build_info.json")
+
+
+def _flag(name):
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _extensions():
+    """Return (ext_modules, cmdclass, build_info)."""
+    import torch
+    from torch.utils import cpp_extension
+
+    info = {
+        "torch_version": torch.__version__,
+        "torch_cuda_version": torch.version.cuda,
+        "cuda_home": cpp_extension.CUDA_HOME,
+        "cuda_arch_list": None,
+        "compiled_backends": [],
+        "skipped": [],
+    }
+    if _flag("DVTP_SKIP_EXT"):
+        info["skipped"].append("DVTP_SKIP_EXT=1: no extension built")
+        return [], {}, info
+
+    # Never decide on torch.cuda.is_available(): build machines often have no GPU.
+    with_cuda = _flag("FORCE_CUDA") or (
+        torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    )
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cxx_flags = ["-O3", "-std=c++17"]
+    extra = {"cxx": cxx_flags}
+    if with_cuda:
+        cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        sources += cuda_sources
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        info["cuda_arch_list"] = os.environ["TORCH_CUDA_ARCH_LIST"]
+        extra["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        ext_cls = cpp_extension.CUDAExtension
+        info["compiled_backends"] = ["cpu", "cuda"] if cuda_sources else ["cpu"]
+    else:
+        ext_cls = cpp_extension.CppExtension
+        info["compiled_backends"] = ["cpu"]
+        info["skipped"].append(
+            "cuda: torch has no CUDA or CUDA_HOME is unset (set FORCE_CUDA=1 to force)"
+        )
+    ext = ext_cls(
+        "dvtp_kernels._C",
+        sources,
+        extra_compile_args=extra,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+    )
+    cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    return [ext], cmdclass, info
+
+
+ext_modules, cmdclass, build_info = _extensions()
+with open(BUILD_INFO, "w") as f:
+    json.dump(build_info, f, indent=2)
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

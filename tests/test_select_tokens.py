@@ -1,0 +1,133 @@
+"""select_visual_tokens on every backend: exact agreement with the reference and with
+properties written out independently here (ties, counts, order, padding)."""
+import math
+
+import pytest
+import torch
+
+import dvtp_kernels
+from backends import backend_params, is_interpreted, require
+
+OP = "select_visual_tokens"
+
+
+def make_scores(B, R, Vmax, *, ties, seed, device):
+    g = torch.Generator().manual_seed(seed)
+    if ties:
+        # Few distinct integer values: float64 row sums are exact in any order, so ties are real.
+        scores = torch.randint(0, 3, (B, R, Vmax), generator=g).float()
+    else:
+        scores = torch.rand(B, R, Vmax, generator=g)
+    row_mask = torch.rand(B, R, generator=g) > 0.4
+    return scores.to(device), row_mask.to(device)
+
+
+def expected_keep(scores, row_mask, key_len, keep_count):
+    """Independent statement of the rule: rank by (importance desc, index asc), keep the first."""
+    out = []
+    for b in range(scores.shape[0]):
+        imp = (scores[b].double() * row_mask[b].double()[:, None]).sum(0)[: key_len[b]].tolist()
+        ranked = sorted(range(key_len[b]), key=lambda j: (-imp[j], j))
+        out.append(sorted(ranked[: keep_count[b]]))
+    return out
+
+
+def assert_layout(gather_index, new_len, keep_index, keep_count, seq_len, key_start, key_len, kept):
+    B = gather_index.shape[0]
+    assert gather_index.dtype == keep_index.dtype == new_len.dtype == keep_count.dtype == torch.int64
+    assert gather_index.shape == (B, max(new_len.tolist()))
+    assert keep_index.shape == (B, max(keep_count.tolist()))
+    for b in range(B):
+        kc = len(kept[b])
+        assert keep_count[b] == kc
+        assert keep_index[b, :kc].tolist() == kept[b]
+        assert (keep_index[b, kc:] == -1).all()
+        positions = list(range(key_start[b])) + [key_start[b] + j for j in kept[b]]
+        positions += list(range(key_start[b] + key_len[b], seq_len[b]))
+        assert new_len[b] == len(positions)
+        assert gather_index[b, : len(positions)].tolist() == positions
+        assert (gather_index[b, len(positions):] == -1).all()
+
+
+CASES = [
+    # B, R, Vmax, seq_len, key_start, key_len, ties
+    (1, 1, 1, 1, [0], [1], False),
+    (1, 32, 3500, 3700, [50], [3500], False),
+    (3, 7, 129, 300, [0, 10, 171], [129, 1, 129], False),
+    (3, 16, 257, 400, [5, 100, 143], [257, 200, 257], True),
+    (2, 5, 1000, 1100, [100, 0], [1000, 999], True),
+]
+INTERPRETED_CASES = [c for c in CASES if c[2] <= 257]
+
+
+def run_case(backend, device, case, keep_ratio):
+    B, R, Vmax, seq_len, key_start, key_len, ties = case
+    scores, row_mask = make_scores(B, R, Vmax, ties=ties, seed=B * 1000 + Vmax, device=device)
+    if B > 1:
+        row_mask[1] = False  # an item with no still-masked row keeps everything
+    seq = [seq_len] * B
+    out = dvtp_kernels.select_visual_tokens(scores, row_mask, seq, key_start, key_len,
+                                            keep_ratio=keep_ratio, backend=backend)
+    keep_count = [
+        n if not row_mask[b].any() else max(1, math.floor(n * keep_ratio)) for b, n in enumerate(key_len)
+    ]
+    kept = expected_keep(scores.cpu(), row_mask.cpu(), key_len, keep_count)
+    assert_layout(*(t.cpu() for t in out), seq, key_start, key_len, kept)
+    ref = dvtp_kernels.select_visual_tokens(scores, row_mask, seq, key_start, key_len,
+                                            keep_ratio=keep_ratio, backend="reference")
+    for ours, theirs in zip(out, ref):
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("keep_ratio", [0.5, 0.25, 1e-9, 1.0])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_rule(backend, device, case, keep_ratio):
+    dev = require(backend, device, OP)
+    cases = INTERPRETED_CASES if is_interpreted(backend, device) else CASES
+    if case >= len(cases):
+        pytest.skip("larger selection sizes are not run in the Triton interpreter")
+    run_case(backend, dev, cases[case], keep_ratio)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_keep_per_item_and_all_ties(backend, device):
+    dev = require(backend, device, OP)
+    B, R, V = 3, 4, 50
+    scores = torch.ones(B, R, V, device=dev)  # every token ties: the lowest indices win
+    row_mask = torch.ones(B, R, dtype=torch.bool, device=dev)
+    gather_index, new_len, keep_index, keep_count = dvtp_kernels.select_visual_tokens(
+        scores, row_mask, [60, 60, 55], [2, 10, 5], [50, 40, 50], keep=[3, 40, 1], backend=backend
+    )
+    assert keep_count.tolist() == [3, 40, 1]
+    assert keep_index.cpu().tolist() == [
+        [0, 1, 2] + [-1] * 37, list(range(40)), [0] + [-1] * 39,
+    ]
+    assert new_len.tolist() == [13, 60, 6]
+    assert gather_index[2, :6].tolist() == [0, 1, 2, 3, 4, 5]
+    assert gather_index[0, :13].tolist() == [0, 1, 2, 3, 4, 52, 53, 54, 55, 56, 57, 58, 59]
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_no_visual_tokens_in_an_item(backend, device):
+    """A text-only item in a batch (key_len 0) keeps its whole sequence."""
+    dev = require(backend, device, OP)
+    scores, row_mask = make_scores(2, 6, 20, ties=False, seed=5, device=dev)
+    gather_index, new_len, keep_index, keep_count = dvtp_kernels.select_visual_tokens(
+        scores, row_mask, [30, 25], [4, 0], [20, 0], keep_ratio=0.5, backend=backend
+    )
+    assert keep_count.tolist() == [10, 0]
+    assert new_len.tolist() == [20, 25]
+    assert gather_index[1].tolist() == list(range(25))
+    assert (keep_index[1] == -1).all()
+
+
+def test_keep_ratio_floor_matches_python_float_rounding():
+    """29 * 0.29 = 8.41 -> 8, and 100 * 0.29 = 28.999999999999996 -> 28, as int(n * r) gives."""
+    scores = torch.rand(1, 2, 100)
+    row_mask = torch.ones(1, 2, dtype=torch.bool)
+    for n, expect in [(29, 8), (100, 28), (3, 1)]:
+        _, _, _, keep_count = dvtp_kernels.select_visual_tokens(
+            scores, row_mask, 100, 0, n, keep_ratio=0.29, backend="reference"
+        )
+        assert keep_count.tolist() == [expect]
