@@ -9,6 +9,7 @@ Environment:
 import glob
 import json
 import os
+import sys
 
 from setuptools import setup
 
@@ -43,14 +44,18 @@ def _extensions():
     )
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx_flags = ["-O3", "-std=c++17"]
+    # torch adds its own -std (c++20 for 2.13). at::parallel_for is a header template that
+    # runs serially unless the including file is built with OpenMP; the process already
+    # holds torch's libgomp.so.1, which the extension's reference resolves to.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx_flags = ["-O3", *openmp]
     extra = {"cxx": cxx_flags}
     if with_cuda:
         cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         sources += cuda_sources
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         info["cuda_arch_list"] = os.environ["TORCH_CUDA_ARCH_LIST"]
-        extra["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
         ext_cls = cpp_extension.CUDAExtension
         info["compiled_backends"] = ["cpu", "cuda"] if cuda_sources else ["cpu"]
     else:
@@ -64,6 +69,7 @@ def _extensions():
         sources,
         extra_compile_args=extra,
         include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=openmp,
     )
     cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
     return [ext], cmdclass, info

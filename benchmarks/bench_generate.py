@@ -44,6 +44,9 @@ from transformers import LlamaConfig
 
 from dvtp import models
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
 # ---------------------------------------------------------------------------------------
 # setup
 # ---------------------------------------------------------------------------------------
@@ -91,24 +94,6 @@ def ideal_speedup(args, keep_ratio: float, prune_step: int = 1) -> float:
     full = args.steps * forward_flops(n0, args, args.gen)
     pruned = prune_step * forward_flops(n0, args, args.gen) + (args.steps - prune_step) * forward_flops(n1, args, args.gen)
     return full / pruned
-
-
-def peak_memory(fn) -> tuple[int, int]:
-    """(peak live CPU tensor bytes above the start, largest single allocation) while fn runs."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        fn()
-    live = peak = largest = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            live += size
-            largest = max(largest, size)
-        elif action == Action.DESTROY:
-            live -= size
-        peak = max(peak, live)
-    return peak, largest
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -200,8 +185,8 @@ def bench_scoring_forward(model, prompt, args) -> dict:
         for _ in range(args.forward_repeats):  # interleaved
             t_plain += timed(plain, 1)
             t_score += timed(scoring, 1)
-        mem_plain, big_plain = peak_memory(plain)
-        mem_score, big_score = peak_memory(scoring)
+        mem_plain, big_plain = common.cpu_tensor_peak(plain)
+        mem_score, big_score = common.cpu_tensor_peak(scoring)
     res["plain"] = {"time_s": min(t_plain), "times_s": t_plain, "peak_bytes": mem_plain, "largest_alloc_bytes": big_plain}
     res["scoring"] = {"time_s": min(t_score), "times_s": t_score, "peak_bytes": mem_score, "largest_alloc_bytes": big_score}
     res["scoring_time_overhead"] = min(t_score) / min(t_plain) - 1.0
@@ -215,7 +200,7 @@ def bench_scoring_forward(model, prompt, args) -> dict:
                     model(inputs_embeds=x, logits_to_keep=G, output_attentions=True)
 
                 t_eager = timed(eager, 1)
-                mem_eager, big_eager = peak_memory(eager)
+                mem_eager, big_eager = common.cpu_tensor_peak(eager)
         finally:
             model.set_attn_implementation(previous)
         res["eager_output_attentions"] = {

@@ -82,6 +82,25 @@ def peak_extra_mib(fn: Callable[[], object], device: torch.device) -> float | No
         return None
 
 
+def cpu_tensor_peak(fn: Callable[[], object]) -> tuple[int, int]:
+    """(peak live CPU tensor bytes above the start, largest single allocation) while ``fn``
+    runs, from the profiler's memory timeline: counts tensors only, whatever malloc does."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    live = peak = largest = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            live += size
+            largest = max(largest, size)
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak, largest
+
+
 def environment(device: torch.device) -> dict:
     record = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

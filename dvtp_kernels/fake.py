@@ -1,4 +1,5 @@
-"""Fake (meta) kernels of the extension ops, so they trace under torch.compile and opcheck."""
+"""Fake (meta) kernels of the dvtp ops (extension and Triton ones share them), so they trace
+under torch.compile and pass opcheck: output shapes follow from the arguments alone."""
 from __future__ import annotations
 
 import functools
@@ -6,11 +7,11 @@ import functools
 import torch
 
 
-def _accumulate_fake(q, k, scores, query_start, key_start, key_len, scale, lse, key_valid):
+def accumulate_fake(q, k, scores, query_start, key_start, key_len, scale, lse, key_valid):
     return None
 
 
-def _select_fake(scores, row_mask, seq_len, key_start, key_len, keep_count, max_new_len, max_keep):
+def select_fake(scores, row_mask, seq_len, key_start, key_len, keep_count, max_new_len, max_keep):
     B = scores.shape[0]
     return (
         scores.new_empty((B, max_new_len), dtype=torch.int64),
@@ -18,7 +19,7 @@ def _select_fake(scores, row_mask, seq_len, key_start, key_len, keep_count, max_
     )
 
 
-def _gather_fake(tensors, gather_index, dims, pad_value):
+def gather_fake(tensors, gather_index, dims, pad_value):
     M = gather_index.shape[1]
     outs = []
     for t, d in zip(tensors, dims):
@@ -31,8 +32,8 @@ def _gather_fake(tensors, gather_index, dims, pad_value):
 @functools.lru_cache(maxsize=None)
 def register_extension_fakes() -> None:
     for name, fn in (
-        ("accumulate_visual_scores", _accumulate_fake),
-        ("select_visual_tokens", _select_fake),
-        ("gather_compact", _gather_fake),
+        ("accumulate_visual_scores", accumulate_fake),
+        ("select_visual_tokens", select_fake),
+        ("gather_compact", gather_fake),
     ):
         torch.library.register_fake(f"dvtp::{name}", fn)

@@ -146,8 +146,11 @@ def gather_compact(
     for t, d in zip(tensors, dims):
         shape = [1] * t.dim()
         shape[0], shape[d] = index.shape
-        idx = index.view(shape).expand(*t.shape[:d], index.shape[1], *t.shape[d + 1 :])
-        out = torch.gather(t, d, idx)
+        out_shape = (*t.shape[:d], index.shape[1], *t.shape[d + 1 :])
+        if t.shape[d] == 0:  # nothing to gather from: every position is padding
+            outs.append(torch.full(out_shape, pad_value, dtype=t.dtype, device=t.device))
+            continue
+        out = torch.gather(t, d, index.view(shape).expand(out_shape))
         out = out.masked_fill(~valid.view(shape), pad_value)
         outs.append(out)
     return outs

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import dvtp_kernels
 from backends import require
 from dvtp_kernels import validation
 
@@ -22,13 +21,17 @@ def small_args():
     return acc, sel, gat
 
 
-def test_opcheck_extension_ops():
-    require("cpu", "cpu", "accumulate_visual_scores")
+@pytest.mark.parametrize("backend,suffix", [("cpu", ""), ("triton", "_triton")])
+def test_opcheck(backend, suffix):
+    """The C++ ops (dvtp::<op>) and the Triton ops (dvtp::<op>_triton, interpreted on CPU)."""
+    require(backend, "cpu", "accumulate_visual_scores")
+    if backend == "triton":
+        from dvtp_kernels import triton_backend  # noqa: F401  (registers the _triton ops)
     acc, sel, gat = small_args()
     ops = torch.ops.dvtp
-    torch.library.opcheck(ops.accumulate_visual_scores.default, tuple(acc.values()))
-    torch.library.opcheck(ops.select_visual_tokens.default, tuple(sel.values()))
-    torch.library.opcheck(ops.gather_compact.default, tuple(gat.values()))
+    torch.library.opcheck(getattr(ops, "accumulate_visual_scores" + suffix).default, tuple(acc.values()))
+    torch.library.opcheck(getattr(ops, "select_visual_tokens" + suffix).default, tuple(sel.values()))
+    torch.library.opcheck(getattr(ops, "gather_compact" + suffix).default, tuple(gat.values()))
 
 
 def test_compile_fullgraph_extension_ops():

@@ -1,0 +1,261 @@
+"""Bidirectional (diffusion) language models built from transformers parts.
+
+* LLaDA (the language model of LLaDA-V and LaViDa-LLaDA): a Llama decoder without the
+  causal mask -> `LLaDALM`, a `transformers.LlamaForCausalLM` subclass.
+* Dream (LaViDa-Dream): a Qwen2 decoder without the causal mask whose logits are shifted
+  one position right (``logits[:, i]`` predicts token i from position i-1) -> `DreamLM`,
+  a `transformers.Qwen2ForCausalLM` subclass that applies the shift in ``forward`` so its
+  ``logits[:, i]`` always predicts token i (what the sampler wants).
+
+How the causal mask is removed (transformers 5.23; setting ``self_attn.is_causal = False``
+alone is not enough because ``LlamaModel`` still builds a causal mask):
+
+1. ``config.is_causal = False`` makes ``create_causal_mask`` defer to
+   ``create_bidirectional_mask``, which returns None (no mask) for SDPA when nothing is
+   padding, and every attention module gets ``is_causal = False`` so the stock "sdpa"
+   path calls SDPA with ``is_causal=False``. So these models are bidirectional with the
+   stock "sdpa" and "eager" implementations too.
+2. Under `dvtp.patched` the model runs ``"dvtp_sdpa"``, which is bidirectional by
+   construction whatever the config says (see `dvtp.attention`).
+
+Sizes: `tiny_llada_config` / `tiny_dream_config` are test/demo presets;
+`llada_8b_config` / `dream_7b_config` describe the published models (no weights are
+downloaded; load local checkpoint folders with ``LLaDALM.from_pretrained(path)``).
+"""
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from .attention import attention_modules
+
+__all__ = [
+    "LLaDALM",
+    "DreamLM",
+    "llada_lm",
+    "dream_lm",
+    "tiny_llada_config",
+    "tiny_dream_config",
+    "llada_8b_config",
+    "dream_7b_config",
+    "make_bidirectional",
+    "LLADA_MASK_ID",
+    "DREAM_MASK_ID",
+    "LLADA_SUPPRESSED_IDS",
+]
+
+LLADA_MASK_ID = 126336
+DREAM_MASK_ID = 151666
+#: ids the LLaDA sampler never predicts at masked positions (logits set to -inf).
+LLADA_SUPPRESSED_IDS = (126081, 126080, 126346, 126347)
+
+
+def make_bidirectional(model: torch.nn.Module) -> torch.nn.Module:
+    """Turn a transformers decoder into a bidirectional one (config flag + every attention module)."""
+    model.config.is_causal = False
+    for module in attention_modules(model):
+        module.is_causal = False
+    return model
+
+
+class LLaDALM(LlamaForCausalLM):
+    """LLaDA: ``LlamaForCausalLM`` with full bidirectional attention."""
+
+    logits_shift = 0
+
+    def __init__(self, config: LlamaConfig):
+        config.is_causal = False
+        super().__init__(config)
+        make_bidirectional(self)
+
+
+class DreamLM(Qwen2ForCausalLM):
+    """Dream: ``Qwen2ForCausalLM`` with bidirectional attention and right-shifted logits.
+
+    ``forward`` returns ``logits[:, i]`` = the Qwen2 head's output at position ``i - 1``
+    (position 0 repeats its own), i.e. the prediction of token i. ``logits_to_keep``
+    keeps that meaning: an int k returns the shifted logits of the last k positions.
+    """
+
+    logits_shift = 1
+
+    def __init__(self, config: Qwen2Config):
+        config.is_causal = False
+        if getattr(config, "use_sliding_window", False):
+            raise ValueError("DreamLM: sliding-window attention is not part of Dream (use_sliding_window=False)")
+        super().__init__(config)
+        make_bidirectional(self)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        if labels is not None:
+            raise ValueError("DreamLM.forward: labels (causal LM loss) are not supported by a diffusion LM")
+        n = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if isinstance(logits_to_keep, torch.Tensor):
+            keep = (logits_to_keep - 1).clamp(min=0)
+        elif logits_to_keep and logits_to_keep < n:
+            keep = logits_to_keep + 1
+        else:
+            keep = 0
+        out = super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            logits_to_keep=keep,
+            **kwargs,
+        )
+        logits = out.logits
+        if isinstance(keep, torch.Tensor):
+            shifted = logits
+        elif keep:
+            shifted = logits[:, :-1]
+        else:
+            shifted = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+            if logits_to_keep:
+                shifted = shifted[:, -logits_to_keep:]
+        out.logits = shifted
+        return out
+
+
+def _config(cls, config, overrides):
+    if config is None:
+        config = cls(**overrides)
+    elif isinstance(config, dict):
+        config = cls(**{**config, **overrides})
+    elif overrides:
+        config = cls(**{**config.to_dict(), **overrides})
+    return config
+
+
+def _build(model_cls, config, seed, dtype):
+    if seed is None:
+        model = model_cls(config)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = model_cls(config)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def llada_lm(
+    config: LlamaConfig | dict | None = None, *, seed: int | None = None, dtype: torch.dtype | None = None, **overrides
+) -> LLaDALM:
+    """Build a randomly initialised LLaDA-style LM (eval mode) from a `LlamaConfig` or dict.
+
+    ``seed`` makes the initialisation reproducible without touching the global RNG;
+    keyword overrides patch the config (e.g. ``num_hidden_layers=2``).
+    """
+    return _build(LLaDALM, _config(LlamaConfig, config, overrides), seed, dtype)
+
+
+def dream_lm(
+    config: Qwen2Config | dict | None = None, *, seed: int | None = None, dtype: torch.dtype | None = None, **overrides
+) -> DreamLM:
+    """Build a randomly initialised Dream-style LM (eval mode) from a `Qwen2Config` or dict."""
+    return _build(DreamLM, _config(Qwen2Config, config, overrides), seed, dtype)
+
+
+def tiny_llada_config(**overrides) -> LlamaConfig:
+    """A few-layer LLaDA-style config for tests and demos (vocab 128, mask id 127).
+
+    ``initializer_range`` is larger than a real model's so that the untrained network has
+    peaked attention and logits (distinct importance scores, confident predictions).
+    """
+    base = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        rms_norm_eps=1e-5,
+        initializer_range=0.15,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        mask_token_id=127,
+    )
+    base.update(overrides)
+    return LlamaConfig(**base)
+
+
+def tiny_dream_config(**overrides) -> Qwen2Config:
+    """A few-layer Dream-style config (GQA 4 query / 2 kv heads, QKV bias; vocab 128, mask id 127)."""
+    base = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        rms_norm_eps=1e-6,
+        initializer_range=0.15,
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        mask_token_id=127,
+    )
+    base.update(overrides)
+    return Qwen2Config(**base)
+
+
+def llada_8b_config(**overrides) -> LlamaConfig:
+    """The LLaDA-8B language model's shape (DESIGN.md section 3)."""
+    base = dict(
+        vocab_size=126464,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        eos_token_id=126081,
+        mask_token_id=LLADA_MASK_ID,
+    )
+    base.update(overrides)
+    return LlamaConfig(**base)
+
+
+def dream_7b_config(**overrides) -> Qwen2Config:
+    """The Dream-7B language model's shape (DESIGN.md section 3)."""
+    base = dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=131072,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        mask_token_id=DREAM_MASK_ID,
+    )
+    base.update(overrides)
+    return Qwen2Config(**base)
