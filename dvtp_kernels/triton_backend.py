@@ -74,6 +74,34 @@ def _next_pow2(n: int) -> int:
 
 
 @triton.jit
+def _qk_tile(
+    q_base, k_base, rows, cols, row_ok, col_ok, D, sqn, sqd, skn, skd,
+    UPCAST: tl.constexpr, PREC: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Unscaled logits q[rows] . k[cols] of one [BLOCK_R, BLOCK_C] tile, float32, walking D
+    # in BLOCK_D chunks (masked only when D is not a multiple of BLOCK_D).
+    d = tl.arange(0, BLOCK_D)
+    s = tl.zeros([BLOCK_R, BLOCK_C], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        if EVEN_D:
+            q_mask = row_ok[:, None]
+            k_mask = col_ok[None, :]
+        else:
+            d_ok = d < D - d0
+            q_mask = row_ok[:, None] & d_ok[None, :]
+            k_mask = col_ok[None, :] & d_ok[:, None]
+        qt = tl.load(q_base + rows[:, None] * sqn + (d0 + d)[None, :] * sqd, mask=q_mask, other=0.0)
+        kt = tl.load(k_base + cols[None, :] * skn + (d0 + d)[:, None] * skd,
+                     mask=k_mask, other=0.0)  # [BLOCK_D, BLOCK_C]
+        if UPCAST:
+            qt = qt.to(tl.float32)
+            kt = kt.to(tl.float32)
+        s = tl.dot(qt, kt, s, input_precision=PREC)
+    return s
+
+
+@triton.jit
 def _lse_kernel(
     q_ptr, k_ptr, kv_ptr, lse_ptr, qs_ptr, kl_ptr,
     Hq, N, R, D, group, scale,
@@ -99,29 +127,14 @@ def _lse_kernel(
     k_n = k_ptr + b * skb + kvh * skh
     kv_n = kv_ptr + b * N
     cols = tl.arange(0, BLOCK_N)
-    d = tl.arange(0, BLOCK_D)
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
     for n0 in range(0, N, BLOCK_N):
         col_ok = cols < N - n0
         if HAS_KV:
             col_ok = col_ok & (tl.load(kv_n + cols, mask=col_ok, other=0) != 0)
-        s = tl.zeros([BLOCK_R, BLOCK_N], tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            if EVEN_D:
-                q_mask = row_ok[:, None]
-                k_mask = col_ok[None, :]
-            else:
-                d_ok = d < D - d0
-                q_mask = row_ok[:, None] & d_ok[None, :]
-                k_mask = col_ok[None, :] & d_ok[:, None]
-            qt = tl.load(q_b + rows[:, None] * sqn + (d0 + d)[None, :] * sqd, mask=q_mask, other=0.0)
-            kt = tl.load(k_n + cols[None, :] * skn + (d0 + d)[:, None] * skd,
-                         mask=k_mask, other=0.0)  # [BLOCK_D, BLOCK_N]
-            if UPCAST:
-                qt = qt.to(tl.float32)
-                kt = kt.to(tl.float32)
-            s = tl.dot(qt, kt, s, input_precision=PREC)
+        s = _qk_tile(q_b, k_n, rows, cols, row_ok, col_ok, D, sqn, sqd, skn, skd,
+                     UPCAST, PREC, EVEN_D, BLOCK_R, BLOCK_N, BLOCK_D)
         s = tl.where(col_ok[None, :], s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -172,27 +185,11 @@ def _scores_kernel(
         l_h = lse_ptr + b * slb + q0 * sln  # caller's lse [B, Hq, N]: by sequence position
     else:
         l_h = lse_ptr + b * slb + r0 * sln  # our lse [B, Hq, R]: by row
-    d = tl.arange(0, BLOCK_D)
     acc = tl.zeros([BLOCK_R, BLOCK_V], tl.float32)
     for kvh in range(0, Hkv):
         for g in range(0, group):  # query heads kvh * group + g share kv head kvh
-            s = tl.zeros([BLOCK_R, BLOCK_V], tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                if EVEN_D:
-                    q_mask = row_ok[:, None]
-                    k_mask = col_ok[None, :]
-                else:
-                    d_ok = d < D - d0
-                    q_mask = row_ok[:, None] & d_ok[None, :]
-                    k_mask = col_ok[None, :] & d_ok[:, None]
-                qt = tl.load(q_h + rows[:, None] * sqn + (d0 + d)[None, :] * sqd,
-                             mask=q_mask, other=0.0)
-                kt = tl.load(k_h + cols[None, :] * skn + (d0 + d)[:, None] * skd,
-                             mask=k_mask, other=0.0)  # [BLOCK_D, BLOCK_V]
-                if UPCAST:
-                    qt = qt.to(tl.float32)
-                    kt = kt.to(tl.float32)
-                s = tl.dot(qt, kt, s, input_precision=PREC)
+            s = _qk_tile(q_h, k_h, rows, cols, row_ok, col_ok, D, sqn, sqd, skn, skd,
+                         UPCAST, PREC, EVEN_D, BLOCK_R, BLOCK_V, BLOCK_D)
             lse = tl.load(l_h + rows * sln, mask=row_ok, other=0.0).to(tl.float32)
             # A row whose lse is not finite (no valid key) contributes nothing.
             lse_ok = row_ok & (tl.abs(lse) < float("inf"))
