@@ -170,6 +170,24 @@ def dream_lm(
     return _build(DreamLM, _config(Qwen2Config, config, overrides), seed, dtype)
 
 
+# Shared by the tiny presets: vocab 128 with mask id 127; a larger initializer_range than
+# a real model's so the untrained network has peaked attention and logits.
+_TINY = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=4096,
+    initializer_range=0.15,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    mask_token_id=127,
+)
+
+
 def tiny_llada_config(**overrides) -> LlamaConfig:
     """A few-layer LLaDA-style config for tests and demos (vocab 128, mask id 127).
 
@@ -177,21 +195,10 @@ def tiny_llada_config(**overrides) -> LlamaConfig:
     peaked attention and logits (distinct importance scores, confident predictions).
     """
     base = dict(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        _TINY,
         num_key_value_heads=4,
-        max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
         rms_norm_eps=1e-5,
-        initializer_range=0.15,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        mask_token_id=127,
     )
     base.update(overrides)
     return LlamaConfig(**base)
@@ -200,22 +207,11 @@ def tiny_llada_config(**overrides) -> LlamaConfig:
 def tiny_dream_config(**overrides) -> Qwen2Config:
     """A few-layer Dream-style config (GQA 4 query / 2 kv heads, QKV bias; vocab 128, mask id 127)."""
     base = dict(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        _TINY,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
         rms_norm_eps=1e-6,
-        initializer_range=0.15,
-        tie_word_embeddings=False,
         use_sliding_window=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        mask_token_id=127,
     )
     base.update(overrides)
     return Qwen2Config(**base)
