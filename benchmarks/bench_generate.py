@@ -25,7 +25,6 @@ or as pytest-benchmark tests on tiny sizes::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -265,11 +264,7 @@ def main(argv=None) -> dict:
         "wall_s": time.perf_counter() - t0,
     }
     report(result)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+    common.save_json(args.out, result)
     return result
 
 

@@ -120,6 +120,15 @@ def environment(device: torch.device) -> dict:
     return record
 
 
+def save_json(path: str | None, record: dict) -> None:
+    """Write ``record`` to ``path`` (directories created) and say so; nothing when path is None."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(record, f, indent=2)
+        print(f"wrote {path}")
+
+
 def write_json(path: str | None, record: dict) -> None:
     text = json.dumps(record, indent=2)
     print(text)

@@ -1,7 +1,8 @@
 """The dvtp attention hook: bidirectional SDPA that can also feed the score-accumulation op.
 
-``patched(model)`` switches a transformers model (Llama, Qwen2 and other models built on
-transformers' `AttentionInterface`) to the attention implementation ``"dvtp_sdpa"`` and
+``patched(model)`` switches the language model of a transformers model (Llama, Qwen2 and
+other models built on transformers' `AttentionInterface`; for a VLM only its language
+model, never its vision tower) to the attention implementation ``"dvtp_sdpa"`` and
 restores the previous one when it is removed. Registration is lazy (first `patched`
 call), never at import; it only adds new keys to transformers' registries.
 
@@ -43,6 +44,7 @@ __all__ = [
     "ScoringPass",
     "patched",
     "attention_modules",
+    "language_model",
 ]
 
 ATTENTION_NAME = "dvtp_sdpa"
@@ -246,11 +248,20 @@ def dvtp_sdpa_attention(
 # ----------------------------------------------------------------------------------------
 
 
+def language_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder whose attention dvtp switches: ``model.get_decoder()`` when the model
+    has one (a ForCausalLM's base model; a VLM's language model, so its vision tower keeps
+    its own attention), else the model itself."""
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    return decoder if isinstance(decoder, torch.nn.Module) else model
+
+
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The self-attention modules of a transformers decoder (those with q/k projections
-    and a ``layer_idx``), in layer order."""
+    """The self-attention modules of the model's language model (those with q/k
+    projections and a ``layer_idx``), in layer order."""
     found = [
-        m for m in model.modules()
+        m for m in language_model(model).modules()
         if hasattr(m, "layer_idx") and hasattr(m, "q_proj") and hasattr(m, "k_proj")
     ]
     return sorted(found, key=lambda m: m.layer_idx)
@@ -275,6 +286,7 @@ class AttentionHook:
         self.active_scoring: ScoringPass | None = None
         self._depth = 0
         self._previous: str | None = None
+        self._decoder: torch.nn.Module | None = None  # the language model whose attention is switched
         self._modules: list[torch.nn.Module] = []
 
     @property
@@ -290,8 +302,9 @@ class AttentionHook:
         modules = attention_modules(self.model)
         if not modules:
             raise TypeError(f"no attention modules (with q_proj/k_proj/layer_idx) found in {type(self.model).__name__}")
-        self._previous = self.model.config._attn_implementation
-        self.model.set_attn_implementation(ATTENTION_NAME)
+        self._decoder = language_model(self.model)
+        self._previous = self._decoder.config._attn_implementation
+        self._decoder.set_attn_implementation(ATTENTION_NAME)
         for m in modules:
             m._dvtp_hook = self
         self._modules = modules
@@ -307,7 +320,7 @@ class AttentionHook:
         self.active_scoring = None
         previous, self._previous = self._previous, None
         if previous is not None and previous != ATTENTION_NAME:
-            self.model.set_attn_implementation(previous)
+            self._decoder.set_attn_implementation(previous)
 
     def acquire(self) -> "AttentionHook":
         if self._depth == 0:

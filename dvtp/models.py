@@ -20,7 +20,7 @@ alone is not enough because ``LlamaModel`` still builds a causal mask):
 
 Sizes: `tiny_llada_config` / `tiny_dream_config` are test/demo presets;
 `llada_8b_config` / `dream_7b_config` describe the published models (no weights are
-downloaded; load local checkpoint folders with ``LLaDALM.from_pretrained(path)``).
+downloaded; load local checkpoint folders with `dvtp.load(path)`).
 """
 from __future__ import annotations
 
@@ -67,6 +67,13 @@ class LLaDALM(LlamaForCausalLM):
         config.is_causal = False
         super().__init__(config)
         make_bidirectional(self)
+        self.processor = None  # set by dvtp.load: the tokenizer and prompt template for `answer`
+
+    def answer(self, images, questions, **kwargs):
+        """Answer text-only questions (``images`` must be None); see `dvtp.vlm.answer.answer`."""
+        from .vlm.answer import answer
+
+        return answer(self, images, questions, **kwargs)
 
 
 class DreamLM(Qwen2ForCausalLM):
@@ -218,7 +225,7 @@ def tiny_dream_config(**overrides) -> Qwen2Config:
 
 
 def llada_8b_config(**overrides) -> LlamaConfig:
-    """The LLaDA-8B language model's shape (DESIGN.md section 3)."""
+    """The LLaDA-8B language model's shape (docs/llada_v.md)."""
     base = dict(
         vocab_size=126464,
         hidden_size=4096,
@@ -238,7 +245,7 @@ def llada_8b_config(**overrides) -> LlamaConfig:
 
 
 def dream_7b_config(**overrides) -> Qwen2Config:
-    """The Dream-7B language model's shape (DESIGN.md section 3)."""
+    """The Dream-7B language model's shape (Qwen2 without the causal mask, GQA 28/4 heads)."""
     base = dict(
         vocab_size=152064,
         hidden_size=3584,

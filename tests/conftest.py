@@ -1,5 +1,7 @@
 import os
 
+import pytest
+
 # Triton kernels run on CPU only in the interpreter, which must be switched on before
 # triton (or dvtp_kernels.triton_backend) defines its kernels. On a GPU machine they run
 # compiled instead, and on CUDA tensors.
@@ -7,3 +9,19 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="module")
+def llada():
+    """The tiny LLaDA-style LM (vocab 128, mask id 127) of the sampler tests."""
+    from dvtp import models
+
+    return models.llada_lm(models.tiny_llada_config(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def dream():
+    """The tiny Dream-style LM (GQA 4/2 heads, vocab 128, mask id 127) of the sampler tests."""
+    from dvtp import models
+
+    return models.dream_lm(models.tiny_dream_config(), seed=0)

@@ -123,12 +123,14 @@ class RefResult:
     kept: list[int] | None
     importance_margin: float | None  # gap between the last kept and the first dropped importance
     confidence_margin: float  # smallest gap at a transfer cut (k-th vs (k+1)-th confidence)
+    forwards: int = 0  # denoising steps run
+    stop_position: int | None = None  # first stop token of the response, if any
 
 
 def reference_generate(
     model,
     prompt_embeds: torch.Tensor,
-    span: tuple[int, int] | None,
+    span: tuple[int, int] | list[tuple[int, int]] | None,
     *,
     gen_length: int,
     steps: int,
@@ -139,8 +141,18 @@ def reference_generate(
     renumber_positions: bool = True,
     score_layers=None,
     suppressed=(),
+    stop_ids=(),
 ) -> RefResult:
-    """LLaDA's sampler (temperature 0, low-confidence remasking) for ONE item, in float64."""
+    """LLaDA's sampler (temperature 0, low-confidence remasking) for ONE item, in float64.
+
+    ``span``: one ``(start, length)`` pair or a list of them (several images): the visual
+    tokens are their concatenation, ranked jointly; everything else is kept.
+    ``stop_ids``: LLaDA-V's stopping: once the response holds a stop token, only masks
+    before the first one are filled, the item's steps end when none is left, and blocks
+    starting at or after it are skipped. (LLaDA-V's torch.topk may then also pick
+    positions of -inf confidence; here, as in dvtp, nothing without a finite confidence is
+    transferred.)
+    """
     w = weights_of(model)
     emb = prompt_embeds.to(F64)  # [P, h]
     P0 = emb.shape[0]
@@ -152,13 +164,21 @@ def reference_generate(
     conf_margin = math.inf
     num_blocks = G // block_length
     spb = steps // num_blocks
+    forwards = 0
+    stop = None  # first stop position in the response, once found
     for blk in range(num_blocks):
         lo, hi = blk * block_length, (blk + 1) * block_length
+        if stop is not None and stop <= lo:
+            break
         masked = sum(1 for t in resp[lo:hi] if t == mask_id)
         schedule = [masked // spb + (1 if s < masked % spb else 0) for s in range(spb)]
         for step in range(spb):
             P = emb.shape[0]
             is_mask = [t == mask_id for t in resp]
+            if stop is not None and not any(is_mask[:stop]):
+                break
+            limit = hi if stop is None else stop
+            forwards += 1
             x = torch.cat([emb, w.embed[torch.tensor(resp)]], 0).unsqueeze(0)
             scoring = keep_ratio is not None and span is not None and blk == 0 and step == prune_step - 1
             logits, probs = forward64(w, x, positions, want_probs=scoring)
@@ -169,29 +189,38 @@ def reference_generate(
                         logits[i, t] = float("-inf")
             p = torch.softmax(logits, -1)
             x0 = logits.argmax(-1).tolist()
-            conf = [p[i, x0[i]].item() if (is_mask[i] and i < hi) else -math.inf for i in range(G)]
+            conf = [p[i, x0[i]].item() if (is_mask[i] and i < limit) else -math.inf for i in range(G)]
             order = sorted(range(G), key=lambda i: (-conf[i], i))
             k = schedule[step]
-            chosen = order[:k]
+            chosen = [i for i in order[:k] if conf[i] > -math.inf]
             if k < G and conf[order[k]] > -math.inf:
                 conf_margin = min(conf_margin, conf[order[k - 1]] - conf[order[k]] if k else math.inf)
             for i in chosen:
                 resp[i] = x0[i]
+            first = next((i for i, t in enumerate(resp) if t in stop_ids), None)
+            if first is not None and (stop is None or first < stop):
+                stop = first
             if scoring:
-                start, length = span
+                pairs = [span] if isinstance(span[0], int) else list(span)
+                cols = [s + j for s, n in pairs for j in range(n)]  # visual positions, span order
+                length = len(cols)
                 rows = [P + i for i in range(G) if resp[i] == mask_id]  # still masked, by value
                 if rows and length > 0:
                     att = torch.stack([probs[l][0] for l in (score_layers or range(len(probs)))])  # [L, H, N, N]
-                    imp = att[:, :, rows, start : start + length].mean(dim=(0, 1, 2))  # [length]
+                    imp = att[:, :, rows][..., cols].mean(dim=(0, 1, 2))  # [length]
                     keep_n = max(1, math.floor(length * keep_ratio))
                     rank = sorted(range(length), key=lambda j: (-imp[j].item(), j))
                     kept = sorted(rank[:keep_n])
                     if keep_n < length:
                         imp_margin = (imp[rank[keep_n - 1]] - imp[rank[keep_n]]).item()
-                    idx = list(range(start)) + [start + j for j in kept] + list(range(start + length, P))
+                    dropped = set(cols) - {cols[j] for j in kept}
+                    idx = [i for i in range(P) if i not in dropped]
                     emb = emb[idx]
                     if not renumber_positions:
                         positions = torch.tensor(idx + [P0 + i for i in range(G)]).unsqueeze(0)
                 else:
                     kept = list(range(length))
-    return RefResult(tokens=resp, kept=kept, importance_margin=imp_margin, confidence_margin=conf_margin)
+    return RefResult(
+        tokens=resp, kept=kept, importance_margin=imp_margin, confidence_margin=conf_margin,
+        forwards=forwards, stop_position=stop,
+    )

@@ -16,16 +16,6 @@ from eager_reference import reference_generate
 MASK = 127
 
 
-@pytest.fixture(scope="module")
-def llada():
-    return models.llada_lm(models.tiny_llada_config(), seed=0)
-
-
-@pytest.fixture(scope="module")
-def dream():
-    return models.dream_lm(models.tiny_dream_config(), seed=0)
-
-
 def _prompt(model, batch, n, seed=0):
     """Prompt embeddings: token embeddings with a stand-in 'image' of random features."""
     g = torch.Generator().manual_seed(seed)
@@ -92,6 +82,10 @@ def test_pruning_config_normalises():
         (dict(visual_span=(-1, 5)), "visual_span"),
         (dict(visual_span=[(0, 5)]), "visual_span"),  # one entry for B = 2
         (dict(visual_span=(0, 5, 1)), "visual_span"),
+        (dict(visual_span=[[(0, 5), (3, 5)], None]), r"visual_span\[0\]\[1\] = \(3, 5\) overlaps"),
+        (dict(visual_span=[(0, 5), (2.0, 5)]), r"visual_span\[1\] = \(2\.0, 5\): start and length must be ints"),
+        (dict(attention_mask=torch.zeros(2, 40, dtype=torch.bool)), "attention_mask"),
+        (dict(attention_mask=torch.ones(2, 39, dtype=torch.bool)), "attention_mask"),
         (dict(steps=5, block_length=4), "steps"),  # 2 blocks, 5 steps
         (dict(gen_length=8, block_length=3), "gen_length"),
         (dict(gen_length=0), "gen_length"),
@@ -320,18 +314,37 @@ def test_custom_policy_registration(llada):
         del policies._POLICIES["first_tokens_test"]
 
 
-def test_stop_tokens_end_generation_early(llada):
-    ids, _, _ = _prompt(llada, 1, 20, seed=3)
-    kw = dict(gen_length=16, steps=8, block_length=4)
+@pytest.mark.parametrize("block", [4, 16])
+def test_stop_tokens_follow_llada_v(llada, block):
+    """LLaDA-V's stopping, against the independent reference: once a stop token is out,
+    only the masks before it are filled and generation ends when none is left."""
+    ids, emb, _ = _prompt(llada, 1, 20, seed=3)
+    kw = dict(gen_length=16, steps=8, block_length=block)
     full = run(llada, ids, **kw)
     stop = int(full.sequences[0, 1])
     out = run(llada, ids, stop_tokens=[stop], **kw)
-    assert out.stopped_early and out.num_forwards == 2
-    assert torch.equal(out.sequences[0, :4], full.sequences[0, :4])
-    assert (out.sequences[0, 4:] == MASK).all()
-    first = full.sequences[0].tolist().index(stop)
-    assert out.stop_positions == [first]
-    assert run(llada, ids, stop_tokens=126, **kw).stop_positions[0] in (-1, *range(16))
+    ref = reference_generate(llada, emb[0], None, mask_id=MASK, stop_ids=[stop], **kw)
+    assert ref.stop_position is not None and ref.forwards < 8
+    assert out.stop_positions == [ref.stop_position]
+    assert out.sequences[0, : ref.stop_position + 1].tolist() == ref.tokens[: ref.stop_position + 1]
+    assert out.num_forwards == ref.forwards and out.stopped_early
+    assert (out.sequences[0, ref.stop_position + 1 :] == MASK).any()  # the tail is never needed
+    # a stop id that never appears changes nothing
+    unused = [t for t in range(MASK) if t not in full.sequences[0].tolist()][0]
+    same = run(llada, ids, stop_tokens=unused, **kw)
+    assert torch.equal(same.sequences, full.sequences) and same.stop_positions == [-1] and not same.stopped_early
+
+
+def test_stop_tokens_batch_equals_items_alone(llada):
+    ids, _, _ = _prompt(llada, 3, 20, seed=6)
+    kw = dict(gen_length=16, steps=8, block_length=8)
+    full = run(llada, ids, **kw)
+    stop = int(full.sequences[0, 2])  # stops item 0 early; the others may never stop
+    both = run(llada, ids, stop_tokens=[stop], **kw)
+    for b in range(3):
+        alone = run(llada, ids[b : b + 1], stop_tokens=[stop], **kw)
+        assert torch.equal(alone.sequences[0], both.sequences[b])
+        assert alone.stop_positions[0] == both.stop_positions[b]
 
 
 def test_suppressed_tokens_never_generated(llada):

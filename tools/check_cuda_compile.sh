@@ -2,8 +2,8 @@
 # Compile-check every csrc/cuda/*.cu with nvcc for sm_80 and sm_90, without a CUDA build of torch.
 #
 # Torch's CPU wheel ships the c10/cuda and ATen/cuda headers but not the generated
-# c10/cuda/impl/cuda_cmake_macros.h; a temporary one-line shim stands in for it
-# (DESIGN.md section 5). Flags follow what torch's CUDAExtension passes to nvcc.
+# c10/cuda/impl/cuda_cmake_macros.h; a temporary one-line shim stands in for it (it only
+# defines C10_CUDA_BUILD_SHARED_LIBS). Flags follow what torch's CUDAExtension passes to nvcc.
 #
 # Usage: tools/check_cuda_compile.sh [file.cu ...]   (default: every csrc/cuda/*.cu)
 # Env:   PYTHON (default .venv/bin/python if present, else python3), NVCC (default nvcc),

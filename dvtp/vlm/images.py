@@ -1,0 +1,196 @@
+"""Loading and validating the images LLaDA-V is given.
+
+:func:`load_image` turns whatever a caller passes as an image (a PIL image, a path, a uint8
+array or tensor) into an 8-bit RGB ``PIL.Image.Image``, or raises a ``ValueError`` /
+``TypeError`` that names the argument and says what is accepted. Failures of PIL (missing
+file, truncated or corrupt data) are reported as ``ValueError`` with PIL's own message
+included, not as a raw PIL traceback.
+
+Deliberate behaviours, matching how LLaDA-V is used:
+
+- **No EXIF rotation.** A JPEG whose EXIF orientation says "rotate 90°" is used as stored:
+  LLaDA-V's pipeline (``Image.open(...).convert("RGB")``) never applies
+  ``ImageOps.exif_transpose``. Rotate it yourself first if you want the displayed orientation.
+- **Alpha is dropped, not composited.** RGBA / LA / PA / palette-with-transparency images
+  keep their colour channels and lose alpha (PIL's ``convert("RGB")``). LLaDA-V's evaluation
+  converts to RGB when it loads an image, as done here; only a non-RGB image handed straight
+  to its image processor would be resized *before* its alpha is dropped (and a palette / "1"
+  image resized with NEAREST, PIL's default for those modes), which can make semi-transparent
+  or palette pixels differ slightly from the output here.
+- **8-bit only.** 16/32-bit integer and float modes (``I``, ``I;16*``, ``F``) are rejected:
+  the processor, like LLaDA-V's, works on 8-bit RGB, and there is no single right way to map
+  a wider range to 0..255.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["load_image", "synthetic_photo"]
+
+_ACCEPTED = (
+    "a PIL.Image.Image, a path (str or os.PathLike), or a uint8 numpy array / torch tensor "
+    "shaped [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] (channels last)"
+)
+
+
+def load_image(image: Any, *, name: str = "images[0]") -> Image.Image:
+    """Return ``image`` as an 8-bit RGB ``PIL.Image.Image`` (mode ``"RGB"``, size ``(W, H)``).
+
+    Accepts
+      - a ``PIL.Image.Image`` in any 8-bit mode (``RGB`` is returned as is; ``L``, ``LA``,
+        ``P``, ``PA``, ``RGBA``, ``RGBa``, ``La``, ``RGBX``, ``CMYK``, ``YCbCr``, ``1``, ``HSV``,
+        ``LAB`` are converted to RGB, alpha dropped);
+      - a path (``str`` / ``os.PathLike``): opened and fully decoded here;
+      - a ``numpy.ndarray`` or ``torch.Tensor`` of dtype uint8 shaped ``[H, W]`` (grey),
+        ``[H, W, 1]`` (grey), ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA, alpha dropped).
+
+    Raises ``ValueError`` (bad file, unsupported mode or bit depth, zero width or height,
+    wrong array shape) or ``TypeError`` (unsupported type or dtype); every message starts
+    with ``name``.
+    """
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image, name, source=None)
+    if isinstance(image, (str, os.PathLike)):
+        return _open_path(image, name)
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image, name, kind="numpy array")
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of dvtp
+        torch = None
+    if torch is not None and isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8:
+            raise TypeError(
+                f"{name}: a torch tensor of dtype {image.dtype} (shape {list(image.shape)}) "
+                f"is not accepted: images must be uint8 in 0..255. Accepted: {_ACCEPTED}."
+            )
+        return _array_to_rgb(image.detach().cpu().numpy(), name, kind="torch tensor")
+    raise TypeError(f"{name}: got {type(image).__name__}; accepted: {_ACCEPTED}.")
+
+
+def _open_path(path: str | os.PathLike, name: str) -> Image.Image:
+    shown = os.fspath(path)
+    if not os.path.exists(shown):
+        raise ValueError(f"{name}: no such file: {shown!r}")
+    if os.path.isdir(shown):
+        raise ValueError(f"{name}: {shown!r} is a directory, not an image file")
+    img = None
+    try:
+        img = Image.open(shown)
+        img.load()
+    except Exception as exc:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
+        if img is not None:
+            img.close()
+        raise ValueError(
+            f"{name}: could not read the image file {shown!r}: {type(exc).__name__}: {exc} "
+            "(is it a complete, valid image file?)"
+        ) from None
+    with img:
+        return _pil_to_rgb(img, name, source=shown, copy=True)
+
+
+def _describe_wide_mode(mode: str) -> str | None:
+    if mode.startswith("I;16"):
+        return "16-bit"
+    if mode == "I" or mode.startswith("I;32"):
+        return "32-bit integer"
+    if mode == "F" or mode.startswith("F;"):
+        return "32-bit floating-point"
+    return None
+
+
+def _pil_to_rgb(
+    img: Image.Image, name: str, *, source: str | None, copy: bool = False
+) -> Image.Image:
+    where = f" ({source!r})" if source is not None else ""
+    width, height = img.size
+    if width == 0 or height == 0:
+        raise ValueError(f"{name}{where}: the image is empty (width {width}, height {height})")
+    mode = img.mode
+    wide = _describe_wide_mode(mode)
+    if wide is not None:
+        if wide == "16-bit":
+            example = "Image.fromarray((np.asarray(img) >> 8).astype(np.uint8))"
+        else:
+            example = (
+                "Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) * 255 / white, 0, 255)"
+                ".round().astype(np.uint8)) with `white` the value of full intensity"
+            )
+        raise ValueError(
+            f"{name}{where} is a {wide} image (mode {mode!r}); LLaDA-V's processor works on "
+            f"8-bit RGB: convert it first, e.g. {example}"
+        )
+    if source is None and not copy:
+        try:
+            img.load()  # lazily opened files: surface truncation here, not deep in the processor
+        except Exception as exc:
+            raise ValueError(
+                f"{name}: could not decode the image: {type(exc).__name__}: {exc}"
+            ) from None
+    try:
+        if mode == "RGB":
+            return img.copy() if copy else img
+        if mode in ("P", "PA"):
+            # via RGBA so that palette transparency is dropped without PIL's warning
+            return img.convert("RGBA").convert("RGB")
+        if mode == "La":
+            return img.convert("LA").convert("RGB")
+        return img.convert("RGB")
+    except Exception as exc:
+        raise ValueError(
+            f"{name}{where}: cannot convert an image of mode {mode!r} to RGB "
+            f"({type(exc).__name__}: {exc}); convert it to 8-bit RGB first"
+        ) from None
+
+
+def _array_to_rgb(arr: np.ndarray, name: str, *, kind: str) -> Image.Image:
+    shape = list(arr.shape)
+    if arr.dtype != np.uint8:
+        raise TypeError(
+            f"{name}: a {kind} of dtype {arr.dtype} (shape {shape}) is not accepted: images must "
+            f"be uint8 in 0..255. Accepted: {_ACCEPTED}."
+        )
+    if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
+        fix = "tensor.permute(1, 2, 0)" if kind == "torch tensor" else "array.transpose(1, 2, 0)"
+        raise ValueError(
+            f"{name}: a {kind} of shape {shape} looks channels-first ([C, H, W]); images must be "
+            f"channels last: [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] (use {fix})"
+        )
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3, 4))):
+        raise ValueError(
+            f"{name}: a {kind} of shape {shape} is not an image; accepted shapes (uint8, channels "
+            "last): [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(
+            f"{name}: the {kind} of shape {shape} is empty "
+            f"(height {arr.shape[0]}, width {arr.shape[1]})"
+        )
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    elif arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]  # alpha dropped, as PIL's RGBA -> RGB conversion does
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def synthetic_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A photo-like ``[height, width, 3]`` uint8 RGB image (sky gradient, textured ground,
+    a few coloured discs, sensor noise) for demos and benchmarks that must run offline."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    img = np.empty((height, width, 3))
+    sky = y < height * 0.55
+    img[..., 0] = np.where(sky, 90 + 80 * y / height, 70 + 40 * x / width)
+    img[..., 1] = np.where(sky, 140 + 60 * y / height, 120 + 30 * np.sin(x / 37.0))
+    img[..., 2] = np.where(sky, 230 - 40 * y / height, 60 + 20 * np.cos(y / 23.0))
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0.2, 0.9) * height, rng.uniform(0.1, 0.9) * width, rng.uniform(0.04, 0.15) * height
+        img[(y - cy) ** 2 + (x - cx) ** 2 < r**2] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
