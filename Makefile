@@ -7,12 +7,12 @@ TORCH_PIN   := 2.13.0
 TRITON_PIN  := 3.7.1
 # A local CPU wheel of torch (this project's machines keep one in /opt/wheels).
 WHEELS      ?= /opt/wheels
-DEPS        := triton==$(TRITON_PIN) numpy transformers tokenizers safetensors pillow accelerate tqdm pytest pytest-benchmark ninja pybind11 setuptools wheel
+DEPS        := triton==$(TRITON_PIN) numpy transformers tokenizers safetensors pillow accelerate tqdm pytest pytest-benchmark hypothesis ninja pybind11 setuptools wheel
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 PYTEST_ARGS ?=
 export MAX_JOBS ?= 2
 
-.PHONY: test demo install cuda-check bench clean
+.PHONY: test demo install cuda-check sanitize bench clean
 
 $(VENV)/.deps-installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ demo: install
 cuda-check: install
 	@# CI checks sm_90 only (half the time); ARCHS="80 90" checks both.
 	ARCHS="$${ARCHS:-90}" PYTHON=$(PY) bash tools/check_cuda_compile.sh
+
+sanitize: install
+	@# The C++ CPU kernels under ASan + UBSan, built in build/sanitize/ (the normal build is
+	@# untouched); runs the cpu-backend op tests and fails on any sanitizer report.
+	PYTHON=$(PY) bash tools/sanitize.sh
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-only

@@ -5,6 +5,8 @@ Environment:
   FORCE_CUDA=1      compile csrc/cuda/*.cu even if torch/CUDA_HOME do not say CUDA
   MAX_JOBS=N        parallel compile jobs (ninja)
   TORCH_CUDA_ARCH_LIST  CUDA archs (default "8.0;9.0")
+  DVTP_SANITIZE=1   C++ sources with AddressSanitizer + UndefinedBehaviorSanitizer (-O1 -g,
+                    no CUDA); used by `make sanitize` (tools/sanitize.sh) in a copy of the tree
 """
 import glob
 import json
@@ -38,10 +40,11 @@ def _extensions():
         info["skipped"].append("DVTP_SKIP_EXT=1: no extension built")
         return [], {}, info
 
+    sanitize = _flag("DVTP_SANITIZE")
     # Never decide on torch.cuda.is_available(): build machines often have no GPU.
-    with_cuda = _flag("FORCE_CUDA") or (
+    with_cuda = not sanitize and (_flag("FORCE_CUDA") or (
         torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-    )
+    ))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # torch adds its own -std (c++20 for 2.13). at::parallel_for is a header template that
@@ -49,6 +52,13 @@ def _extensions():
     # holds torch's libgomp.so.1, which the extension's reference resolves to.
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
     cxx_flags = ["-O3", *openmp]
+    link_flags = list(openmp)
+    if sanitize:
+        # Every finding aborts (no recovery), so a test run fails on the first report.
+        san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        cxx_flags = ["-O1", "-g", *san, *openmp]
+        link_flags = [*san, *openmp]
+        info["sanitize"] = "address,undefined"
     extra = {"cxx": cxx_flags}
     if with_cuda:
         cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
@@ -69,7 +79,7 @@ def _extensions():
         sources,
         extra_compile_args=extra,
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_link_args=openmp,
+        extra_link_args=link_flags,
     )
     cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
     return [ext], cmdclass, info

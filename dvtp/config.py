@@ -96,8 +96,13 @@ class PruningConfig:
         if not _is_int(self.seed):
             raise ValueError(f"PruningConfig.seed must be an int, got {self.seed!r}")
 
-        if self.backend is not None and not isinstance(self.backend, str):
-            raise ValueError(f"PruningConfig.backend must be None or a backend name, got {self.backend!r}")
+        from dvtp_kernels.dispatch import BACKENDS
+
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(
+                f"PruningConfig.backend must be None (the best usable one) or one of "
+                f"{', '.join(map(repr, BACKENDS))}, got {self.backend!r}"
+            )
 
     @property
     def needs_scores(self) -> bool:

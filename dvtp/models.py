@@ -30,6 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from .attention import attention_modules
 
 __all__ = [
+    "StrictFromPretrained",
     "LLaDALM",
     "DreamLM",
     "llada_lm",
@@ -58,7 +59,60 @@ def make_bidirectional(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-class LLaDALM(LlamaForCausalLM):
+class StrictFromPretrained:
+    """``from_pretrained`` that never returns randomly initialised weights.
+
+    transformers' ``from_pretrained`` only logs a table when weights are missing or
+    unexpected and initialises the missing ones randomly. Here a local folder whose
+    config.json names another model type (e.g. LLaDA's published ``"llada"`` or LLaDA-V's
+    ``"llava_llada"``) is refused before anything is built, and any missing, unexpected or
+    mis-shaped weight raises a ValueError. Published LLaDA / LLaDA-V folders load with
+    `dvtp.load`. Passing ``output_loading_info=True`` returns transformers' report instead,
+    for callers that check it themselves (as `dvtp.load` does).
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        import json
+        import os
+
+        path = pretrained_model_name_or_path
+        where = f"{cls.__name__}.from_pretrained({str(path)!r})"
+        config_file = os.path.join(path, "config.json") if isinstance(path, (str, os.PathLike)) else None
+        if kwargs.get("config") is None and config_file is not None and os.path.isfile(config_file):
+            try:
+                with open(config_file, encoding="utf-8") as f:
+                    model_type = json.load(f).get("model_type")
+            except (OSError, ValueError, AttributeError):
+                model_type = None
+            expected = cls.config_class.model_type
+            if model_type != expected:
+                raise ValueError(
+                    f"{where}: config.json has model_type {model_type!r}, not transformers' {expected!r} layout; "
+                    "published LLaDA and LLaDA-V checkpoint folders load with dvtp.load(path) (docs/llada_v.md)"
+                )
+        if kwargs.get("output_loading_info"):
+            return super().from_pretrained(path, *args, **kwargs)
+        model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
+        problems = []
+        for key, what in (
+            ("missing_keys", "weights missing (they would be randomly initialised)"),
+            ("unexpected_keys", "unexpected weights"),
+            ("mismatched_keys", "weights with the wrong shape"),
+        ):
+            keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ())
+            if keys:
+                shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+                problems.append(f"{len(keys)} {what}: {shown}")
+        if problems:
+            raise ValueError(
+                f"{where}: the weights do not match {cls.__name__}: " + "; ".join(problems)
+                + ". Published LLaDA / LLaDA-V folders load with dvtp.load(path) (docs/llada_v.md)"
+            )
+        return model
+
+
+class LLaDALM(StrictFromPretrained, LlamaForCausalLM):
     """LLaDA: ``LlamaForCausalLM`` with full bidirectional attention."""
 
     logits_shift = 0
@@ -76,7 +130,7 @@ class LLaDALM(LlamaForCausalLM):
         return answer(self, images, questions, **kwargs)
 
 
-class DreamLM(Qwen2ForCausalLM):
+class DreamLM(StrictFromPretrained, Qwen2ForCausalLM):
     """Dream: ``Qwen2ForCausalLM`` with bidirectional attention and right-shifted logits.
 
     ``forward`` returns ``logits[:, i]`` = the Qwen2 head's output at position ``i - 1``
@@ -137,17 +191,55 @@ class DreamLM(Qwen2ForCausalLM):
         return out
 
 
+# Accepted besides a config class's own fields: dvtp's mask id, and legacy/loader spellings.
+_EXTRA_CONFIG_KEYS = {"mask_token_id", "rope_theta", "rope_scaling", "is_causal", "attn_implementation", "torch_dtype"}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def _check_config_keys(cls, keys, where: str) -> None:
+    """A misspelt field (``hiden_size=``) would be stored and silently ignored: reject it."""
+    import difflib
+
+    known = set(cls().to_dict()) | _EXTRA_CONFIG_KEYS
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{where}: unknown {cls.__name__} field {key!r}{hint}")
+
+
 def _config(cls, config, overrides):
+    _check_config_keys(cls, overrides, "config override")
     if config is None:
         config = cls(**overrides)
     elif isinstance(config, dict):
+        _check_config_keys(cls, config, "config")
         config = cls(**{**config, **overrides})
-    elif overrides:
-        config = cls(**{**config.to_dict(), **overrides})
+    elif isinstance(config, cls):
+        if overrides:
+            config = cls(**{**config.to_dict(), **overrides})
+    else:
+        raise TypeError(
+            f"config must be a {cls.__name__}, a dict of its fields or None, got {type(config).__name__} "
+            f"{config!r:.60} (the tiny presets are tiny_llada_config() / tiny_dream_config())"
+        )
     return config
 
 
+def _check_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(
+        f"dtype must be a floating torch.dtype or one of {', '.join(map(repr, _DTYPES))}, got {dtype!r}"
+    )
+
+
 def _build(model_cls, config, seed, dtype):
+    dtype = _check_dtype(dtype)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
     if seed is None:
         model = model_cls(config)
     else:
@@ -207,6 +299,7 @@ def tiny_llada_config(**overrides) -> LlamaConfig:
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
         rms_norm_eps=1e-5,
     )
+    _check_config_keys(LlamaConfig, overrides, "config override")
     base.update(overrides)
     return LlamaConfig(**base)
 
@@ -220,6 +313,7 @@ def tiny_dream_config(**overrides) -> Qwen2Config:
         rms_norm_eps=1e-6,
         use_sliding_window=False,
     )
+    _check_config_keys(Qwen2Config, overrides, "config override")
     base.update(overrides)
     return Qwen2Config(**base)
 
@@ -240,6 +334,7 @@ def llada_8b_config(**overrides) -> LlamaConfig:
         eos_token_id=126081,
         mask_token_id=LLADA_MASK_ID,
     )
+    _check_config_keys(LlamaConfig, overrides, "config override")
     base.update(overrides)
     return LlamaConfig(**base)
 
@@ -260,5 +355,6 @@ def dream_7b_config(**overrides) -> Qwen2Config:
         use_sliding_window=False,
         mask_token_id=DREAM_MASK_ID,
     )
+    _check_config_keys(Qwen2Config, overrides, "config override")
     base.update(overrides)
     return Qwen2Config(**base)

@@ -57,7 +57,7 @@ from .models import LLADA_SUPPRESSED_IDS
 from .policies import PolicyContext, get_policy
 from .spans import SpanGeometry, resolve_visual_spans
 
-__all__ = ["generate", "GenerationOutput", "check_generation_args", "num_transfer_tokens", "kernel_backends"]
+__all__ = ["generate", "GenerationOutput", "check_generation_args", "check_model", "num_transfer_tokens", "kernel_backends"]
 
 _REMASKING = ("low_confidence", "random")
 
@@ -170,7 +170,7 @@ def _resolve_stop(stop_tokens) -> list[int]:
 
 def check_generation_args(
     *, gen_length: int, steps: int, block_length: int | None, temperature: float, remasking: str,
-    pruning: PruningConfig | None,
+    pruning: PruningConfig | None, generator: torch.Generator | None = None,
 ) -> tuple[int, int, int, float]:
     """Check the sampler's schedule arguments (no model needed, so front ends such as
     `dvtp.vlm.answer` can check them before any forward).
@@ -202,7 +202,42 @@ def check_generation_args(
             f"pruning.prune_step={pruning.prune_step} exceeds the steps of block 0 "
             f"(steps // num_blocks = {steps // num_blocks})"
         )
+    if pruning is not None and pruning.prune_step == steps:
+        # after the last step nothing runs on the pruned sequence (and no row is left masked)
+        raise ValueError(
+            f"pruning.prune_step={pruning.prune_step} is the last denoising step (steps={steps}): no step "
+            "would run on the pruned sequence; prune at an earlier step"
+        )
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     return gen_length, steps, block_length, float(temperature)
+
+
+def check_model(model) -> None:
+    """The sampler needs a transformers language model in eval mode."""
+    if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "get_input_embeddings", None)) \
+            or getattr(model, "config", None) is None:
+        raise TypeError(
+            "model must be a transformers language model (e.g. dvtp.models.llada_lm(...), dvtp.load(path)), "
+            f"got {type(model).__name__}"
+        )
+    if model.training:
+        raise ValueError(
+            f"model ({type(model).__name__}) is in training mode, where dropout would randomise every step: "
+            "call model.eval() first"
+        )
+
+
+def _check_backend_usable(pruning: PruningConfig, device: torch.device) -> None:
+    """An explicit pruning backend that cannot run here fails before the first forward."""
+    from dvtp_kernels import BackendError, dispatch
+
+    ops = dispatch.OPS if pruning.needs_scores else ("select_visual_tokens", "gather_compact")
+    reasons = sorted({r for op in ops for r in dispatch.not_supported_reasons(pruning.backend, op, device)})
+    if reasons:
+        raise BackendError(
+            f"pruning.backend={pruning.backend!r} cannot run on {device} tensors: " + "; ".join(reasons)
+        )
 
 
 def num_transfer_tokens(block_mask: torch.Tensor, steps: int) -> torch.Tensor:
@@ -345,6 +380,7 @@ def generate(
     Returns:
         `GenerationOutput`.
     """
+    check_model(model)
     prompt = resolve_prompt(
         model, inputs, input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask
     )
@@ -355,7 +391,7 @@ def generate(
 
     gen_length, steps, block_length, temperature = check_generation_args(
         gen_length=gen_length, steps=steps, block_length=block_length,
-        temperature=temperature, remasking=remasking, pruning=pruning,
+        temperature=temperature, remasking=remasking, pruning=pruning, generator=generator,
     )
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
@@ -369,6 +405,8 @@ def generate(
     suppressed = _resolve_suppressed(suppress_tokens, vocab)
     stop_ids = _resolve_stop(stop_tokens)
     if pruning is not None:
+        if pruning.backend is not None:
+            _check_backend_usable(pruning, device)
         num_layers = len(attention_modules(model))
         if pruning.score_layers is not None and max(pruning.score_layers) >= num_layers:
             raise ValueError(
@@ -455,7 +493,7 @@ def generate(
                 out.num_forwards += 1
                 out.tokens_per_step.append(int(x_embeds.shape[1]))
 
-                _, resp = _denoise_step(
+                transfer, resp = _denoise_step(
                     logits, resp, mask_index, transfers[:, step], limit, mask_id,
                     temperature, remasking, suppressed, generator,
                 )
@@ -467,9 +505,11 @@ def generate(
 
                 if scoring:
                     t1 = time.perf_counter()
-                    # Still masked after the transfer, by value (docs/semantics.md): a
-                    # transferred prediction that is the mask id itself stays a query row.
-                    row_mask = resp == mask_id
+                    # The scoring rows are the published ones (docs/semantics.md): masked
+                    # before this step and not transferred by it. A transferred prediction that
+                    # is the mask id itself is not a row here, though later steps, which detect
+                    # masks by value, treat it as masked again.
+                    row_mask = mask_index & ~transfer
                     # With text between an item's images the policy sees its visual tokens
                     # only (visual-local columns); the text columns come back protected.
                     columns = geometry.visual_columns(device) if geometry.has_protected else None

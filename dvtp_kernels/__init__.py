@@ -8,7 +8,8 @@
 
 Each runs on one of the backends "reference", "cpu", "triton", "cuda" (see
 `dvtp_kernels.dispatch`); ``python -m dvtp_kernels.info`` shows what is built and usable.
-Importing this package neither loads the compiled extension nor initialises CUDA.
+Importing this package neither loads the compiled extension nor initialises CUDA (it only
+registers the traceable wrapper ops of `dvtp_kernels._traceable`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from . import dispatch, reference
+from . import _traceable, dispatch, reference, validation
 from .dispatch import BACKENDS, BackendError
 from .validation import check_accumulate, check_gather, check_select
 
@@ -67,9 +68,28 @@ def accumulate_visual_scores(
         key_valid: optional bool ``[B, N]``; keys with False are excluded from the softmax.
         backend: "reference", "cpu", "triton", "cuda" or None (best usable).
 
+    NaN / inf (identical on every backend): per query head and row the normaliser is the
+    lse (given, or computed over the valid keys). A row whose lse is NaN or +inf -- computed,
+    that is any NaN or +inf valid logit: a NaN/inf element in q's row, or in k at any key
+    with ``key_valid`` True -- makes every visual entry of that row of ``scores`` NaN. A row
+    whose lse is -inf (no valid key) adds 0. With a finite lse each entry adds
+    ``exp(logit - lse)`` in IEEE arithmetic (NaN logit -> NaN, +inf -> +inf, -inf -> 0).
+    Keys with ``key_valid`` False are never read, so NaN padding is harmless. NaN stays in
+    ``scores``, and `select_visual_tokens` refuses an item whose selected rows hold it.
+
     Never allocates anything of size N x N or ``[B, H, R, N]``. Deterministic on a given
-    backend. Not differentiable (scores are a selection signal).
+    backend (bit-identical reruns; on "cpu" also for any thread count). Not differentiable
+    (scores are a selection signal). Traces under ``torch.compile(fullgraph=True)`` as one
+    opaque op that validates and dispatches when the graph runs.
     """
+    if torch.compiler.is_compiling():
+        return _traceable.accumulate_visual_scores(
+            q, k, scores, query_start, key_start, key_len, scale, lse, key_valid, backend
+        )
+    return _accumulate_eager(q, k, scores, query_start, key_start, key_len, scale, lse, key_valid, backend)
+
+
+def _accumulate_eager(q, k, scores, query_start, key_start, key_len, scale, lse, key_valid, backend):
     args = check_accumulate(q, k, scores, query_start, key_start, key_len, scale, lse, key_valid)
     if scores.shape[1] == 0 or scores.shape[0] == 0:
         return scores
@@ -92,17 +112,34 @@ def select_visual_tokens(
     """Keep the most-attended visual tokens and build the gather index of the shorter sequence.
 
     importance[b, j] = mean over rows i with ``row_mask[b, i]`` of ``scores[b, i, j]``
-    (ranked through a float64 sum, which orders identically); the ``keep_count[b]``
-    highest are kept, equal importance going to the lower index.
+    (ranked through a float64 sum added in row order, which orders identically); the
+    ``keep_count[b]`` highest are kept, equal importance going to the lower index, +-inf
+    ranking as the extremes.
+
+    Keep rule: with ``keep_ratio=r`` an item with ``n = key_len[b]`` visual tokens keeps
+    ``min(n, max(1, floor(n * r)))`` computed as the Python float product ``int(n * r)``
+    (so r=0.29 on 100 tokens keeps 28, as 100 * 0.29 = 28.999999999999996), and 0 when
+    ``n == 0``. With ``keep`` it keeps exactly that many. An item with no selected row
+    (``row_mask[b]`` all False) keeps all its ``n`` visual tokens whatever r or keep say.
+
+    NaN: an item whose importance is NaN -- a NaN in ``scores[b, i, :key_len[b]]`` for a
+    selected row i, or +inf and -inf in one such column -- raises ValueError naming the
+    item and how many of its selected rows hold NaN, before any backend runs (NaN in
+    unselected rows or in columns ``>= key_len[b]`` is never read). Cost: one pass over
+    ``scores`` (isfinite) folded into the one device-to-host read this function already
+    makes for its output sizes, so one host sync per call (i.e. per generation); scores
+    holding NaN/inf anywhere cost a second read for the exact per-item check.
 
     Args:
         scores: ``[B, R, Vmax]`` float32 accumulated scores.
         row_mask: ``[B, R]`` bool, the rows to average over (the still-masked response rows).
         seq_len, key_start, key_len: int, B ints or int64 ``[B]``: each item's sequence
             length and visual span ``[key_start, key_start + key_len)``.
-        keep_ratio: keep ``max(1, floor(key_len * keep_ratio))`` tokens, ``0 < keep_ratio <= 1``;
-        keep: or exactly this many (int or B ints, ``1 <= keep <= key_len``). Give one.
-            An item with no selected row keeps all its visual tokens.
+        keep_ratio: ``0 < keep_ratio <= 1``, see the keep rule;
+        keep: or exactly this many per item: one int (or 0-dim tensor) for every item,
+            ``1 <= keep <= key_len[b]``, where items without visual tokens (key_len 0)
+            keep 0; or B ints / an int64 ``[B]`` tensor, ``1 <= keep[b] <= key_len[b]``
+            (``keep[b] == 0`` when ``key_len[b] == 0``). Give one of keep_ratio and keep.
         backend: "reference", "cpu", "triton", "cuda" or None (best usable).
 
     Returns:
@@ -111,16 +148,37 @@ def select_visual_tokens(
         new_len: ``[B]`` int64 compacted lengths.
         keep_index: ``[B, max(keep_count)]`` int64 ascending visual-local indices, -1 padded.
         keep_count: ``[B]`` int64 visual tokens kept per item.
+
+    Under ``torch.compile(fullgraph=True)`` this is one opaque op (validated when the graph
+    runs) whose gather_index and keep_index widths are data-dependent (unbacked) sizes.
     """
+    if torch.compiler.is_compiling():
+        return _traceable.select_visual_tokens(
+            scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep, backend
+        )
+    return _select_eager(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep, backend)
+
+
+def _select_eager(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep, backend):
     args, requested = check_select(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep)
     device = scores.device
+    B = scores.shape[0]
     requested = torch.tensor(requested, dtype=torch.int64, device=device)
     keep_count = reference.effective_keep_count(args["row_mask"], args["key_len"], requested)
     new_len = args["seq_len"] - args["key_len"] + keep_count
-    if scores.shape[0] == 0:
+    if B == 0:
         max_new_len = max_keep = 0
     else:
-        max_new_len, max_keep = torch.stack([new_len.max(), keep_count.max()]).tolist()
+        # The one device-to-host read: output sizes, and whether scores is finite (then no
+        # importance can be NaN). Only scores holding NaN/inf somewhere cost a second read,
+        # the exact per-item check (selected rows, columns < key_len).
+        finite = torch.isfinite(args["scores"]).all()
+        max_new_len, max_keep, finite = torch.stack([new_len.max(), keep_count.max(), finite.to(torch.int64)]).tolist()
+        if not finite:
+            nan_items = validation.nan_importance(args["scores"], args["row_mask"], args["key_len"]).tolist()
+            bad = [b for b in range(B) if nan_items[b]]
+            if bad:
+                raise validation.nan_importance_error(args["scores"], args["row_mask"], args["key_len"].tolist(), bad)
     args.update(keep_count=keep_count, max_new_len=max_new_len, max_keep=max_keep)
     name = dispatch.choose("select_visual_tokens", args, backend)
     gather_index, keep_index = dispatch.run(name, "select_visual_tokens", **args)
@@ -148,12 +206,25 @@ def gather_compact(
         gather_index: ``[B, M]`` int64 from `select_visual_tokens` (-1 padded).
         new_len: ``[B]`` int64 (or ints) valid length of each row of gather_index.
         dims: the sequence dim, one int for all tensors or one per tensor (not 0).
-        pad_value: fill of the padded tail, representable in every tensor's dtype.
+        pad_value: fill of the padded tail (bool, int or float), checked against every
+            tensor's dtype before any kernel runs (ValueError naming pad_value, the tensor
+            and its dtype): bool tensors take 0, 1, False, True; integer dtypes an integral
+            value within ``torch.iinfo(dtype)``; float dtypes a finite value with
+            ``|pad_value| <= torch.finfo(dtype).max`` (rounded to the nearest
+            representable value), or inf / -inf / nan, which float16, bfloat16, float32,
+            float64, float8_e5m2 and complex dtypes store exactly (other float8 dtypes:
+            finite only). Every backend fills the same bits.
         backend: "reference", "cpu", "triton", "cuda" or None (best usable).
 
     Returns:
         New contiguous tensors, each of its input's shape with M along the sequence dim.
     """
+    if torch.compiler.is_compiling():
+        return _traceable.gather_compact(tensors, gather_index, new_len, dims, pad_value, backend)
+    return _gather_eager(tensors, gather_index, new_len, dims, pad_value, backend)
+
+
+def _gather_eager(tensors, gather_index, new_len, dims, pad_value, backend):
     args = check_gather(tensors, gather_index, new_len, dims, pad_value)
     if not args["tensors"]:
         return []

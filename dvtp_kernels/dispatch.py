@@ -51,19 +51,22 @@ def not_supported_reasons(backend: str, op: str, device: torch.device, args: dic
         want = "cpu" if backend == "cpu" else "cuda"
         if device.type != want:
             reasons.append(f"the {backend} backend takes {want.upper()} tensors, got tensors on {device}")
+        elif want == "cuda" and args is None and not torch.cuda.is_available():
+            reasons.append(no_cuda_reason())
         problem = _extension.load()
         if problem is not None:
             reasons.append(f"{problem}; {_extension.BUILD_HINT}")
         elif not _extension.has_kernel(op, want.upper()):
-            reasons.append(
-                f"the extension was built without {want.upper()} kernels "
-                "(see `python -m dvtp_kernels.info`)"
-            )
+            reasons.append(f"the extension was built without {want.upper()} kernels")
         return reasons
     if backend == "triton":
         module, problem = _triton_module()
         if problem is not None:
             reasons.append(problem)
+        if device.type == "cuda" and args is None and not torch.cuda.is_available():
+            # Probing without tensors (python -m dvtp_kernels.info): real CUDA tensors
+            # prove a device. The interpreter does not run CUDA tensors either.
+            reasons.append(no_cuda_reason())
         if device.type == "cpu":
             if os.environ.get("TRITON_INTERPRET") != "1":
                 reasons.append(
@@ -76,6 +79,16 @@ def not_supported_reasons(backend: str, op: str, device: torch.device, args: dic
             reasons.extend(module.cannot_take(op, **args))
         return reasons
     raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def no_cuda_reason() -> str:
+    """Why there can be no CUDA tensors here (torch.cuda.is_available() is False)."""
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"torch {torch.__version__} is a CPU-only build: there are no CUDA tensors"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device"
+
+
+INFO_HINT = "`python -m dvtp_kernels.info` shows what is built and usable here"
 
 
 def _device_of(op: str, args: dict) -> torch.device:
@@ -98,6 +111,7 @@ def choose(op: str, args: dict, backend: str | None = None) -> str:
             how = "backend" if backend else "DVTP_BACKEND"
             raise BackendError(
                 f"{how}={requested!r} cannot run {op} on this input:\n  - " + "\n  - ".join(reasons)
+                + f"\n({INFO_HINT})"
             )
         return requested
     device = _device_of(op, args)
@@ -111,7 +125,9 @@ def choose(op: str, args: dict, backend: str | None = None) -> str:
             return name
         all_reasons[name] = reasons
     lines = [f"{name}: {'; '.join(r)}" for name, r in all_reasons.items()]
-    raise BackendError(f"no backend can run {op} on this input:\n  - " + "\n  - ".join(lines))
+    raise BackendError(
+        f"no backend can run {op} on this input:\n  - " + "\n  - ".join(lines) + f"\n({INFO_HINT})"
+    )
 
 
 def run(backend: str, op: str, **args):

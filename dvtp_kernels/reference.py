@@ -59,11 +59,30 @@ def accumulate_visual_scores(
             row_lse = torch.logsumexp(logits, dim=-1)  # [Hq, R]
         else:
             row_lse = lse[b, :, q0 : q0 + R].to(compute_dtype)
-        probs = torch.exp(logits[..., k0 : k0 + kl] - row_lse.unsqueeze(-1))
-        # A row with no valid key at all has lse = -inf; it attends to nothing.
-        probs = torch.where(torch.isfinite(row_lse).unsqueeze(-1), probs, 0.0)
+        row_lse = row_lse.unsqueeze(-1)  # [Hq, R, 1]
+        probs = torch.exp(logits[..., k0 : k0 + kl] - row_lse)
+        # Non-finite normalisers (see NONFINITE_RULES): -inf = the row attends to nothing
+        # (no valid key) -> 0; NaN or +inf = the row's softmax is undefined -> NaN.
+        probs = torch.where(row_lse == -math.inf, 0.0, probs)
+        probs = torch.where(torch.isnan(row_lse) | (row_lse == math.inf), math.nan, probs)
         scores[b, :, :kl] += probs.sum(dim=0).to(scores.dtype)
     return scores
+
+
+NONFINITE_RULES = """\
+NaN / Inf in accumulate_visual_scores. Per (item b, query head h, query row i) the row's
+normaliser is ``lse`` (given, or the log-sum-exp of ``scale * q k^T`` over the valid keys,
+computed in float32) and each visual entry adds ``exp(logit_j - lse)``:
+  * lse NaN or +inf -> every visual entry of the row becomes NaN (scores[b, i, :key_len]).
+    Computed, that happens when any valid logit of the row is NaN or +inf: a NaN/inf in
+    q's row, or in k at any valid key (key_valid True) -- padding keys are never read.
+  * lse -inf -> the row adds 0 (it has no valid key; computed only when key_valid masks
+    every key, or every valid logit is -inf).
+  * lse finite -> IEEE arithmetic per entry: a NaN logit at visual key j gives NaN at j,
+    +inf gives +inf, -inf gives 0 (only with a given lse can an entry's logit be
+    non-finite while the lse is finite).
+NaN then stays in scores (x + NaN = NaN), so select_visual_tokens refuses the item.
+"""
 
 
 def requested_keep_count(key_len: Sequence[int], keep_ratio: float) -> list[int]:
@@ -81,6 +100,17 @@ def effective_keep_count(row_mask: torch.Tensor, key_len: torch.Tensor, keep: to
     return torch.where(row_mask.any(dim=1), keep.to(torch.int64), key_len)
 
 
+def selected_importance(scores: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
+    """float64 ``[B, Vmax]``: the sum of ``scores[b, i, :]`` over rows with ``row_mask[b, i]``,
+    added row by row in increasing i (the order every kernel uses, so sums are bit-identical
+    across backends). Unselected rows are skipped, not multiplied by 0: a NaN there is never
+    read."""
+    importance = torch.zeros(scores.shape[0], scores.shape[2], dtype=torch.float64, device=scores.device)
+    for i in range(scores.shape[1]):
+        importance += torch.where(row_mask[:, i, None], scores[:, i].to(torch.float64), 0.0)
+    return importance
+
+
 def select_visual_tokens(
     scores: torch.Tensor,
     row_mask: torch.Tensor,
@@ -94,8 +124,10 @@ def select_visual_tokens(
     scores ``[B, R, Vmax]`` float32, row_mask ``[B, R]`` bool, seq_len/key_start/key_len/
     keep_count int64 ``[B]`` (keep_count already effective, see `effective_keep_count`).
     Importance of token j is the float64 sum of ``scores[b, i, j]`` over rows with
-    ``row_mask[b, i]`` (ranks exactly like the mean); higher wins, equal importance goes
-    to the lower index.
+    ``row_mask[b, i]`` (`selected_importance`; ranks exactly like the mean); higher wins,
+    equal importance goes to the lower index, +-inf rank as the extremes. NaN importances
+    are refused by the public wrapper before any backend runs (here they would rank first,
+    as torch.sort puts NaN first in descending order).
 
     Returns ``gather_index`` ``[B, max(new_len)]`` int64 (prefix, kept visual positions,
     suffix, in order; -1 padded), ``new_len`` ``[B]`` int64 and ``keep_index``
@@ -103,9 +135,7 @@ def select_visual_tokens(
     """
     B = scores.shape[0]
     device = scores.device
-    importance = torch.einsum(
-        "brv,br->bv", scores.to(torch.float64), row_mask.to(torch.float64)
-    )
+    importance = selected_importance(scores, row_mask)
     new_len = seq_len - key_len + keep_count
     max_new = int(new_len.max()) if B else 0
     max_keep = int(keep_count.max()) if B else 0

@@ -16,7 +16,11 @@ interpreted on CPU):
   ``_scores_kernel`` (grid ``(B, cdiv(R, BLOCK_R), cdiv(Vmax, BLOCK_V))``) recomputes the
   logits of its ``[BLOCK_R, BLOCK_V]`` tile for every query head with ``tl.dot`` (float32
   accumulation), sums ``exp(s - lse)`` over the heads in registers and adds the sum to the
-  tile of ``scores`` that it alone owns: no atomics, bit-identical reruns. Programs whose
+  tile of ``scores`` that it alone owns: no atomics, bit-identical reruns. Non-finite
+  values follow reference.NONFINITE_RULES: the lse kernel flags a row with a NaN or +inf
+  valid logit explicitly (NaN handling of max differs between the interpreter and compiled
+  code) and stores a NaN lse for it; the score kernel turns a NaN/+inf lse into a NaN row
+  and a -inf lse into zeros. Programs whose
   key block starts at or past ``key_len[b]`` exit at once. D is walked in chunks (64 for
   fp16/bf16, 32 for fp32; masked when D is not a multiple), so any head dim works. Tiles
   are addressed with 32-bit offsets from 64-bit per-item/per-head base pointers. Extra
@@ -34,13 +38,14 @@ interpreted on CPU):
   not merge under its strides is first copied with ``.contiguous()``) and reinterpreted as
   the signed integer type of its element size, so the kernel is a bit-exact copy for every
   dtype (bool, bfloat16, complex64, ...). The pad value is converted to the dtype on the
-  host (as ``masked_fill`` does) and passed as its bit pattern. The kernel writes every
+  host (as ``masked_fill`` does; the public wrapper checked it is representable) and
+  passed as its bit pattern. The kernel writes every
   output element (padding included).
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import triton
@@ -129,6 +134,7 @@ def _lse_kernel(
     cols = tl.arange(0, BLOCK_N)
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_R], tl.float32)
+    bad = tl.zeros([BLOCK_R], tl.int32)  # a valid logit of the row is NaN or +inf
     for n0 in range(0, N, BLOCK_N):
         col_ok = cols < N - n0
         if HAS_KV:
@@ -136,6 +142,11 @@ def _lse_kernel(
         s = _qk_tile(q_b, k_n, rows, cols, row_ok, col_ok, D, sqn, sqd, skn, skd,
                      UPCAST, PREC, EVEN_D, BLOCK_R, BLOCK_N, BLOCK_D)
         s = tl.where(col_ok[None, :], s * scale, float("-inf"))
+        # NaN/+inf are flagged, then kept out of the online max/sum (NaN handling of
+        # max differs between the interpreter and compiled code; the flag does not).
+        nonfinite = (s != s) | (s == float("inf"))
+        bad = tl.maximum(bad, tl.max(nonfinite.to(tl.int32), axis=1))
+        s = tl.where(nonfinite, float("-inf"), s)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(s - m_safe[:, None])
@@ -144,8 +155,10 @@ def _lse_kernel(
         m_i = m_new
         k_n += BLOCK_N * skn
         kv_n += BLOCK_N
+    # lse: NaN for a poisoned row, -inf for a row without any valid key (NONFINITE_RULES).
     has_key = l_i > 0.0
     lse = tl.where(has_key, m_i + tl.log(tl.where(has_key, l_i, 1.0)), float("-inf"))
+    lse = tl.where(bad != 0, float("nan"), lse)
     tl.store(lse_ptr + pid_bh * R + r0 + rows, lse, mask=row_ok)
 
 
@@ -191,9 +204,13 @@ def _scores_kernel(
             s = _qk_tile(q_h, k_h, rows, cols, row_ok, col_ok, D, sqn, sqd, skn, skd,
                          UPCAST, PREC, EVEN_D, BLOCK_R, BLOCK_V, BLOCK_D)
             lse = tl.load(l_h + rows * sln, mask=row_ok, other=0.0).to(tl.float32)
-            # A row whose lse is not finite (no valid key) contributes nothing.
-            lse_ok = row_ok & (tl.abs(lse) < float("inf"))
-            x = tl.where(lse_ok[:, None] & col_ok[None, :], s * scale - lse[:, None], float("-inf"))
+            # Non-finite lse (NONFINITE_RULES): -inf (no valid key) adds 0; NaN or +inf
+            # makes every entry of the row NaN (padding keys included); a finite one gives
+            # exp(logit - lse) at valid keys (NaN logit -> NaN) and 0 at padding keys.
+            lse_fin = tl.abs(lse) < float("inf")
+            lse_nan = (lse != lse) | (lse == float("inf"))
+            x = tl.where(lse_fin[:, None] & col_ok[None, :], s * scale - lse[:, None], float("-inf"))
+            x = tl.where(lse_nan[:, None], float("nan"), x)
             acc += tl.exp(x)
             q_h += sqh
             l_h += slh
@@ -479,7 +496,7 @@ def _gather_op(
     tensors: list[torch.Tensor],
     gather_index: torch.Tensor,
     dims: list[int],
-    pad_value: float,
+    pad_value: Union[int, float, bool],
 ) -> list[torch.Tensor]:
     return _gather_impl(tensors, gather_index, dims, pad_value)
 
@@ -510,8 +527,10 @@ def select_visual_tokens(scores, row_mask, seq_len, key_start, key_len, keep_cou
 
 def gather_compact(tensors, gather_index, dims, pad_value=0):
     """List of compacted tensors (new, contiguous), one per input tensor."""
+    # The pad value travels as a Scalar of its own Python type (validation.scalar_pad_value):
+    # an int64 pad such as 2**62 + 1 must not pass through a float.
     return torch.ops.dvtp.gather_compact_triton(
-        list(tensors), gather_index, [int(d) for d in dims], float(pad_value))
+        list(tensors), gather_index, [int(d) for d in dims], pad_value)
 
 
 def _device_reasons(*tensors) -> list[str]:

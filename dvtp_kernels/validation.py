@@ -48,19 +48,30 @@ def index_vector(value, name: str, batch: int, device: torch.device) -> tuple[to
         host = value.tolist()
         tensor = value.to(device=device, dtype=torch.int64).contiguous()
         return tensor, host
+    host = host_ints(value, name, batch)
+    return torch.tensor(host, dtype=torch.int64, device=device), host
+
+
+def is_scalar_index(value) -> bool:
+    """True for a per-item quantity given as one value for every item (an int or a 0-dim tensor)."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def host_ints(value, name: str, batch: int) -> list[int]:
+    """An int or a sequence of ints (not a tensor) -> B Python ints, or the argument's error."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        host = [int(value)] * batch
-    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [int(value)] * batch
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         if len(value) != batch or not all(
             isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
         ):
             raise ValueError(f"{name} must be {batch} integers (one per batch item), got {value!r}")
-        host = [int(v) for v in value]
-    else:
-        raise TypeError(
-            f"{name} must be an int, a sequence of ints or an int64 [B] tensor, got {type(value).__name__}"
-        )
-    return torch.tensor(host, dtype=torch.int64, device=device), host
+        return [int(v) for v in value]
+    raise TypeError(
+        f"{name} must be an int, a sequence of ints or an int64 [B] tensor, got {type(value).__name__}"
+    )
 
 
 def _check_bool_vector(t, name: str, shape: tuple[int, ...], device: torch.device, ref: str) -> torch.Tensor:
@@ -73,7 +84,25 @@ def _check_bool_vector(t, name: str, shape: tuple[int, ...], device: torch.devic
     return t.contiguous()
 
 
-def check_accumulate(q, k, scores, query_start, key_start, key_len, scale, lse, key_valid) -> dict:
+def check_scale(scale) -> None:
+    if scale is None:
+        return
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite float, got {scale!r}")
+
+
+def check_keep_ratio(keep_ratio) -> None:
+    if keep_ratio is None:
+        return
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real) or not (
+        0.0 < keep_ratio <= 1.0
+    ):
+        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+
+
+def check_accumulate_meta(q, k, scores, lse, key_valid) -> None:
+    """The checks of `check_accumulate` that need no tensor values (run first by it, and by
+    the fake kernel under torch.compile)."""
     require_tensor(q, "q")
     require_tensor(k, "k")
     require_tensor(scores, "scores")
@@ -102,6 +131,21 @@ def check_accumulate(q, k, scores, query_start, key_start, key_len, scale, lse, 
         raise ValueError(f"scores must be [B, R, Vmax] with B={B}, got shape {_shape(scores)}")
     if not scores.is_contiguous():
         raise ValueError("scores must be contiguous (it is updated in place)")
+    if lse is not None:
+        require_tensor(lse, "lse")
+        if lse.dtype != torch.float32:
+            raise TypeError(f"lse must be float32 [B, Hq, N], got dtype {lse.dtype}")
+        if tuple(lse.shape) != (B, Hq, N):
+            raise ValueError(f"lse must have shape [B, Hq, N] = [{B}, {Hq}, {N}], got {_shape(lse)}")
+        require_same_device(lse, "lse", device, "q")
+    if key_valid is not None:
+        _check_bool_vector(key_valid, "key_valid", (B, N), device, "q")
+
+
+def check_accumulate(q, k, scores, query_start, key_start, key_len, scale, lse, key_valid) -> dict:
+    check_accumulate_meta(q, k, scores, lse, key_valid)
+    B, Hq, N, D = q.shape
+    device = q.device
     R, Vmax = scores.shape[1], scores.shape[2]
     qs, qs_host = index_vector(query_start, "query_start", B, device)
     ks, ks_host = index_vector(key_start, "key_start", B, device)
@@ -121,33 +165,33 @@ def check_accumulate(q, k, scores, query_start, key_start, key_len, scale, lse, 
             raise ValueError(f"key_len[{b}]={kl_host[b]} exceeds scores.shape[2] (Vmax={Vmax})")
     if scale is None:
         scale = D ** -0.5
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
-        raise TypeError(f"scale must be a finite float, got {scale!r}")
-    if lse is not None:
-        require_tensor(lse, "lse")
-        if lse.dtype != torch.float32:
-            raise TypeError(f"lse must be float32 [B, Hq, N], got dtype {lse.dtype}")
-        if tuple(lse.shape) != (B, Hq, N):
-            raise ValueError(f"lse must have shape [B, Hq, N] = [{B}, {Hq}, {N}], got {_shape(lse)}")
-        require_same_device(lse, "lse", device, "q")
+    check_scale(scale)
     if key_valid is not None:
-        key_valid = _check_bool_vector(key_valid, "key_valid", (B, N), device, "q")
+        key_valid = key_valid.contiguous()
     return dict(
         q=q.detach(), k=k.detach(), scores=scores, query_start=qs, key_start=ks, key_len=kl,
         scale=float(scale), lse=None if lse is None else lse.detach(), key_valid=key_valid,
     )
 
 
-def check_select(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep) -> tuple[dict, list[int]]:
-    """Returns (normalised args without keep_count, requested keep per item or None)."""
+def check_select_meta(scores, row_mask) -> None:
+    """The checks of `check_select` that need no tensor values (also run by the fake kernel
+    under torch.compile)."""
     require_tensor(scores, "scores")
     if scores.dtype != torch.float32:
         raise TypeError(f"scores must be float32 [B, R, Vmax], got dtype {scores.dtype}")
     if scores.dim() != 3:
         raise ValueError(f"scores must be [B, R, Vmax], got shape {_shape(scores)}")
+    B, R, _ = scores.shape
+    _check_bool_vector(row_mask, "row_mask", (B, R), scores.device, "scores")
+
+
+def check_select(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep) -> tuple[dict, list[int]]:
+    """Returns (normalised args without keep_count, requested keep per item or None)."""
+    check_select_meta(scores, row_mask)
     B, R, Vmax = scores.shape
     device = scores.device
-    row_mask = _check_bool_vector(row_mask, "row_mask", (B, R), device, "scores")
+    row_mask = row_mask.contiguous()
     sl, sl_host = index_vector(seq_len, "seq_len", B, device)
     ks, ks_host = index_vector(key_start, "key_start", B, device)
     kl, kl_host = index_vector(key_len, "key_len", B, device)
@@ -162,14 +206,16 @@ def check_select(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep
     if (keep_ratio is None) == (keep is None):
         raise ValueError("give exactly one of keep_ratio and keep")
     if keep_ratio is not None:
-        if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real) or not (
-            0.0 < keep_ratio <= 1.0
-        ):
-            raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+        check_keep_ratio(keep_ratio)
         requested = reference.requested_keep_count(kl_host, float(keep_ratio))
     else:
+        scalar = is_scalar_index(keep)
         _, requested = index_vector(keep, "keep", B, torch.device("cpu"))
         for b in range(B):
+            if scalar and kl_host[b] == 0:
+                # One keep for the whole batch: a text-only item (no visual tokens) keeps 0.
+                requested[b] = 0
+                continue
             low = 1 if kl_host[b] > 0 else 0
             if not low <= requested[b] <= kl_host[b]:
                 raise ValueError(
@@ -179,7 +225,77 @@ def check_select(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep
     return args, requested
 
 
-def check_gather(tensors, gather_index, new_len, dims, pad_value) -> dict:
+# Float dtypes with IEEE infinities and NaN: a non-finite pad value is stored exactly.
+_IEEE_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                      torch.complex32, torch.complex64, torch.complex128, torch.float8_e5m2)
+
+
+def pad_value_problem(pad_value, dtype: torch.dtype) -> str | None:
+    """Why ``pad_value`` cannot be stored in ``dtype`` (None when it can).
+
+    bool: 0, 1, False or True. Integer dtypes: an integer (a float only when integral) within
+    ``torch.iinfo(dtype)``. Float dtypes: a finite value with ``|pad_value| <=
+    torch.finfo(dtype).max`` (rounded to the nearest representable value), or +-inf / nan
+    for the dtypes that have them (float16, bfloat16, float32, float64, float8_e5m2,
+    complex); the other float8 dtypes take finite values only. Complex dtypes: the rule of
+    their real type (the pad is real).
+    """
+    if dtype == torch.bool:
+        return None if pad_value in (0, 1) else "bool takes 0, 1, False or True"
+    if dtype.is_floating_point or dtype.is_complex:
+        info = torch.finfo(dtype)
+        limit = f"finite values need |pad_value| <= {info.max:g}"
+        if isinstance(pad_value, numbers.Integral):  # bool or int: exact, never inf or nan
+            return None if abs(int(pad_value)) <= info.max else limit
+        value = float(pad_value)
+        if math.isnan(value) or math.isinf(value):
+            if dtype in _IEEE_FLOAT_DTYPES:
+                return None
+            return f"{limit}; {dtype} has no inf or nan"
+        return None if abs(value) <= info.max else limit
+    try:
+        info = torch.iinfo(dtype)
+    except TypeError:  # quantized or other exotic dtypes: left to the backend
+        return None
+    expected = f"integers in [{info.min}, {info.max}]"
+    if isinstance(pad_value, numbers.Integral):
+        value = int(pad_value)
+    else:
+        as_float = float(pad_value)  # (numpy floats too)
+        if not as_float.is_integer():  # also inf and nan
+            return expected
+        value = int(as_float)
+    return None if info.min <= value <= info.max else expected
+
+
+def check_pad_value(pad_value, tensors) -> None:
+    if isinstance(pad_value, torch.Tensor) or not isinstance(pad_value, numbers.Real):
+        raise TypeError(f"pad_value must be a bool, int or float, got {type(pad_value).__name__}")
+    for i, t in enumerate(tensors):
+        problem = pad_value_problem(pad_value, t.dtype)
+        if problem is not None:
+            raise ValueError(
+                f"pad_value={pad_value!r} is not representable in tensors[{i}]'s dtype {t.dtype} "
+                f"({problem})"
+            )
+
+
+def scalar_pad_value(pad_value):
+    """pad_value as a Python bool, int or float that converts to a c10::Scalar: ints outside
+    [-2**63, 2**64) -- representable only in float dtypes, as checked before -- become the
+    nearest float."""
+    if isinstance(pad_value, bool):
+        return pad_value
+    if isinstance(pad_value, numbers.Integral):
+        value = int(pad_value)
+        return value if -(2**63) <= value < 2**64 else float(value)
+    return float(pad_value)
+
+
+def check_gather_meta(tensors, gather_index, dims, pad_value) -> tuple[list[int], int | None]:
+    """The checks of `check_gather` that need no tensor values (shapes, dtypes, dims,
+    pad_value): also run by the fake kernel under torch.compile. Returns (normalised dims,
+    the common sequence length or None without tensors)."""
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, Sequence):
         raise TypeError("tensors must be a list or tuple of tensors (wrap a single tensor in a list)")
     require_tensor(gather_index, "gather_index")
@@ -187,14 +303,13 @@ def check_gather(tensors, gather_index, new_len, dims, pad_value) -> dict:
         raise TypeError(
             f"gather_index must be an int64 [B, M] tensor, got dtype {gather_index.dtype} shape {_shape(gather_index)}"
         )
-    B, M = gather_index.shape
+    B = gather_index.shape[0]
     device = gather_index.device
-    nl, nl_host = index_vector(new_len, "new_len", B, device)
     if isinstance(dims, numbers.Integral):
         dims = [int(dims)] * len(tensors)
     elif len(dims) != len(tensors):
         raise ValueError(f"dims must be an int or one int per tensor ({len(tensors)}), got {list(dims)}")
-    if not isinstance(pad_value, numbers.Real):
+    if isinstance(pad_value, torch.Tensor) or not isinstance(pad_value, numbers.Real):
         raise TypeError(f"pad_value must be a bool, int or float, got {type(pad_value).__name__}")
     seq = None
     norm_dims = []
@@ -213,12 +328,16 @@ def check_gather(tensors, gather_index, new_len, dims, pad_value) -> dict:
             seq = t.shape[d]
         elif t.shape[d] != seq:
             raise ValueError(f"{name} has sequence length {t.shape[d]} along dim {d}, but tensors[0] has {seq}")
-        if not isinstance(pad_value, bool) and not t.dtype.is_floating_point and t.dtype != torch.bool:
-            if not float(pad_value).is_integer():
-                raise ValueError(f"pad_value={pad_value!r} is not representable in {name}'s dtype {t.dtype}")
-        if t.dtype == torch.bool and pad_value not in (0, 1):
-            raise ValueError(f"pad_value={pad_value!r} is not representable in {name}'s dtype torch.bool")
         norm_dims.append(d)
+    check_pad_value(pad_value, tensors)
+    return norm_dims, seq
+
+
+def check_gather(tensors, gather_index, new_len, dims, pad_value) -> dict:
+    norm_dims, seq = check_gather_meta(tensors, gather_index, dims, pad_value)
+    B, M = gather_index.shape
+    device = gather_index.device
+    nl, nl_host = index_vector(new_len, "new_len", B, device)
     if tensors:
         # One device-to-host read checks every index: in range, valid exactly below new_len.
         positions = torch.arange(M, device=device).unsqueeze(0)
@@ -232,4 +351,37 @@ def check_gather(tensors, gather_index, new_len, dims, pad_value) -> dict:
             raise ValueError(f"gather_index has entries outside [-1, N={seq}) (N: the tensors' sequence length)")
         if bad_layout:
             raise ValueError("gather_index must hold >= 0 entries exactly at positions < new_len and -1 after")
-    return dict(tensors=list(tensors), gather_index=gather_index.contiguous(), dims=norm_dims, pad_value=pad_value)
+    return dict(tensors=list(tensors), gather_index=gather_index.contiguous(), dims=norm_dims,
+                pad_value=scalar_pad_value(pad_value))
+
+
+def nan_importance(scores: torch.Tensor, row_mask: torch.Tensor, key_len: torch.Tensor) -> torch.Tensor:
+    """bool ``[B]``: item b's importance (the float64 sum over its selected rows, j <
+    key_len[b]) has a NaN: a NaN score in a selected row, or +inf and -inf in one column.
+    Device ops only (no host sync); unselected rows and columns >= key_len are not read."""
+    V = scores.shape[2]
+    cols = torch.arange(V, device=scores.device).unsqueeze(0) < key_len.unsqueeze(1)  # [B, V]
+    sel = row_mask.unsqueeze(2) & cols.unsqueeze(1)  # [B, R, V]
+    bad = (torch.isnan(scores) & sel).any(dim=1)
+    both_inf = ((scores == math.inf) & sel).any(dim=1) & ((scores == -math.inf) & sel).any(dim=1)
+    return (bad | both_inf).any(dim=1)
+
+
+def nan_importance_error(scores, row_mask, key_len_host: list[int], bad_items: list[int]) -> ValueError:
+    """The error for the items of `nan_importance` (called only on failure: its counts sync)."""
+    V = scores.shape[2]
+    lines = []
+    for b in bad_items:
+        kl = key_len_host[b]
+        sel_rows = int(row_mask[b].sum())
+        nan_rows = int((torch.isnan(scores[b, :, :kl]).any(dim=1) & row_mask[b]).sum())
+        if nan_rows:
+            what = f"{nan_rows} of its {sel_rows} selected rows (row_mask) hold NaN"
+        else:
+            what = f"its {sel_rows} selected rows (row_mask) hold +inf and -inf in one column"
+        lines.append(f"item {b}: {what} within its key_len={kl} visual columns (Vmax={V})")
+    return ValueError(
+        "scores gives a NaN importance, so the selection would be arbitrary: "
+        + "; ".join(lines)
+        + ". NaN comes from NaN/inf in q, k or lse of accumulate_visual_scores (see its docstring)."
+    )

@@ -2,7 +2,8 @@
 
 `make test` sets DVTP_REQUIRE_BACKENDS=reference,cpu,triton so a broken build fails the
 run instead of skipping its tests; a CUDA-less machine skips "cuda" (and the CUDA
-device) with the reason.
+device) with the reason. DVTP_TEST_BACKENDS=cpu,... restricts the pairs to those
+backends (`make sanitize` runs the cpu backend only).
 """
 import os
 
@@ -12,6 +13,7 @@ import torch
 from dvtp_kernels import dispatch
 
 REQUIRED = {b for b in os.environ.get("DVTP_REQUIRE_BACKENDS", "").split(",") if b}
+SELECTED = {b for b in os.environ.get("DVTP_TEST_BACKENDS", "").split(",") if b}
 HAS_CUDA = torch.cuda.is_available()
 
 _PAIRS = [("reference", "cpu"), ("cpu", "cpu"), ("triton", "cpu"),
@@ -21,6 +23,8 @@ _PAIRS = [("reference", "cpu"), ("cpu", "cpu"), ("triton", "cpu"),
 def backend_params():
     params = []
     for backend, device in _PAIRS:
+        if SELECTED and backend not in SELECTED:
+            continue
         if device == "cpu" and backend == "triton" and HAS_CUDA:
             continue  # on a GPU machine triton is tested compiled, on CUDA tensors
         marks = [pytest.mark.cuda] if device == "cuda" else []

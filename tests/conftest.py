@@ -10,6 +10,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import hypothesis_profiles  # noqa: E402,F401  (registers "ci" / "thorough" before the plugin picks one)
+
 
 @pytest.fixture(scope="module")
 def llada():

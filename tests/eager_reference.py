@@ -204,7 +204,8 @@ def reference_generate(
                 pairs = [span] if isinstance(span[0], int) else list(span)
                 cols = [s + j for s, n in pairs for j in range(n)]  # visual positions, span order
                 length = len(cols)
-                rows = [P + i for i in range(G) if resp[i] == mask_id]  # still masked, by value
+                # the published rule: masked before this step and not transferred by it
+                rows = [P + i for i in range(G) if is_mask[i] and i not in chosen]
                 if rows and length > 0:
                     att = torch.stack([probs[l][0] for l in (score_layers or range(len(probs)))])  # [L, H, N, N]
                     imp = att[:, :, rows][..., cols].mean(dim=(0, 1, 2))  # [length]

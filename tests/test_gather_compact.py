@@ -76,3 +76,32 @@ def test_float_pad_value(backend, device):
     (out,) = dvtp_kernels.gather_compact([x], index, new_len, pad_value=-2.5, backend=backend)
     for b in range(3):
         assert (out[b, int(new_len[b]):] == -2.5).all()
+
+
+# Pad values at the edges of each dtype's range: every backend stores exactly the value
+# (bit-exact; NaN compared as NaN). Once the Triton backend passed the pad through a
+# Python float, so an int64 pad of 2**62 + 1 came out as 2**62.
+EDGE_PADS = [
+    (torch.int64, 2**62 + 1), (torch.int64, -(2**63)), (torch.uint8, 255), (torch.int8, -128),
+    (torch.int32, 2**31 - 1), (torch.bool, True), (torch.float16, 65504), (torch.float16, float("inf")),
+    (torch.float16, float("nan")), (torch.bfloat16, float("-inf")), (torch.float32, -1e38),
+    (torch.float64, 2**1000), (torch.float32, 2**200 * 2**-150), (torch.complex64, -2.5),
+]
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("dtype,pad", EDGE_PADS, ids=[f"{d}-{p!r:.12}" for d, p in EDGE_PADS])
+def test_pad_value_at_the_dtype_edges(backend, device, dtype, pad):
+    dev = require(backend, device, OP)
+    index, new_len = random_index(2, 9, seed=5, device=dev)
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(2, 9, 3, generator=g) * 10).to(dtype).to(dev)
+    (out,) = dvtp_kernels.gather_compact([x], index, new_len, pad_value=pad, backend=backend)
+    # (a Python int beyond 64 bits fills a float dtype as the nearest float)
+    expected = torch.full((3,), float(pad) if isinstance(pad, int) and abs(pad) >= 2**64 else pad, dtype=dtype)
+    for b in range(2):
+        n = int(new_len[b])
+        assert torch.equal(out[b, :n].cpu(), x[b, index[b, :n]].cpu())
+        tail = out[b, n:].cpu()
+        assert tail.numel() > 0 or n == index.shape[1]
+        torch.testing.assert_close(tail, expected.expand_as(tail), rtol=0, atol=0, equal_nan=True)

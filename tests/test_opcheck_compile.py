@@ -1,4 +1,9 @@
-"""The registered ops pass torch.library.opcheck and trace under torch.compile(fullgraph=True)."""
+"""The registered ops pass torch.library.opcheck and trace under torch.compile(fullgraph=True),
+called directly and through the public API."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -53,3 +58,124 @@ def test_compile_fullgraph_extension_ops():
     assert torch.equal(eager_scores, compiled_scores)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert all(torch.equal(a, b) for a, b in zip(got[2], expected[2]))
+
+
+# --------------------------------------------------------------------------------------
+# The public API under torch.compile(fullgraph=True)
+# --------------------------------------------------------------------------------------
+
+
+def run_python(code):
+    env = dict(os.environ)
+    env.pop("DVTP_BACKEND", None)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+PUBLIC_PIPELINE = """
+import torch
+import dvtp_kernels
+
+def make_inputs(device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 31, 4, 20, generator=g).transpose(1, 2)  # [B, Hq, N, D] view, D=20
+    k = torch.randn(2, 2, 31, 20, generator=g)  # GQA: 2 kv heads
+    key_valid = torch.rand(2, 31, generator=g) > 0.1
+    scores = torch.rand(2, 5, 12, generator=g)
+    row_mask = torch.rand(2, 5, generator=g) > 0.3
+    row_mask[1] = False  # item 1 keeps everything
+    x = torch.randn(2, 31, 3, generator=g)
+    ids = torch.arange(62).view(2, 31)
+    kv_cache = torch.randn(2, 2, 31, 4, generator=g).to(torch.bfloat16)
+    return q, k, key_valid, scores, row_mask, x, ids, kv_cache
+
+def pipeline(q, k, key_valid, scores, row_mask, x, ids, kv_cache, backend=None):
+    dvtp_kernels.accumulate_visual_scores(q, k, scores, [25, 20], [3, 10], [12, 7],
+                                          key_valid=key_valid, backend=backend)
+    gather_index, new_len, keep_index, keep_count = dvtp_kernels.select_visual_tokens(
+        scores, row_mask, 31, [3, 10], [12, 7], keep_ratio=0.5, backend=backend)
+    x2, ids2, kv2 = dvtp_kernels.gather_compact([x, ids, kv_cache], gather_index, new_len,
+                                                dims=[1, 1, 2], pad_value=-1, backend=backend)
+    return scores, gather_index, new_len, keep_index, keep_count, x2, ids2, kv2
+
+def compare(backend=None):
+    compiled = torch.compile(pipeline, fullgraph=True, backend="aot_eager")
+    inputs = make_inputs()
+    got = compiled(*inputs[:3], inputs[3].clone(), *inputs[4:], backend=backend)
+    expected = pipeline(*inputs[:3], inputs[3].clone(), *inputs[4:], backend=backend)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype and a.shape == b.shape, (a.shape, b.shape)
+        assert torch.equal(a, b)
+    return got
+"""
+
+
+def test_public_api_compiles_fullgraph_on_first_call():
+    """In a fresh process (nothing warmed up: the extension not yet loaded, no eager call
+    before), the three public ops trace with fullgraph=True and give eager's results."""
+    result = run_python(PUBLIC_PIPELINE + """
+import sys
+assert "dvtp_kernels._C" not in sys.modules
+compare()  # compiled first, then eager
+print("ok")
+""")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("backend", [None, "reference", "cpu", "triton"])
+def test_public_api_compiles_fullgraph(backend):
+    if backend is not None:
+        require(backend, "cpu", "accumulate_visual_scores")
+    namespace = {}
+    exec(PUBLIC_PIPELINE, namespace)
+    torch._dynamo.reset()
+    namespace["compare"](backend)
+
+
+def test_compiled_public_api_validates_at_run_time():
+    """A bad value (an index range, only known when the graph runs) is refused by the
+    compiled call with eager's error, before any kernel."""
+    import dvtp_kernels
+
+    def f(scores, row_mask, key_len):
+        return dvtp_kernels.select_visual_tokens(scores, row_mask, 20, 3, key_len, keep_ratio=0.5)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    scores, row_mask = torch.rand(2, 4, 10), torch.ones(2, 4, dtype=torch.bool)
+    gather_index, *_ = compiled(scores, row_mask, torch.tensor([10, 4]))
+    assert gather_index.shape == (2, 18)  # max(20 - 10 + 5, 20 - 4 + 2)
+    with pytest.raises(ValueError, match=r"key_len\[1\]=11 exceeds scores.shape\[2\] \(Vmax=10\)"):
+        compiled(scores, row_mask, torch.tensor([10, 11]))
+    scores[0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"item 0: 1 of its 4 selected rows"):
+        compiled(scores, row_mask, torch.tensor([10, 4]))
+
+
+def test_traceable_ops_pass_opcheck():
+    """The wrapper ops the public functions trace to (dvtp::<op>_api); select's outputs
+    have data-dependent widths (unbacked sizes in its fake)."""
+    import dvtp_kernels  # noqa: F401  (registers them)
+    from dvtp_kernels import dispatch
+
+    CPU_BUILT = not dispatch.not_supported_reasons("cpu", "select_visual_tokens", torch.device("cpu"))
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, 30, 16, generator=g)
+    k = torch.randn(2, 2, 30, 16, generator=g)
+    ops = torch.ops.dvtp
+    torch.library.opcheck(
+        ops.accumulate_visual_scores_api.default,
+        (q, k, torch.rand(2, 5, 12, generator=g), torch.tensor([25, 20]), torch.tensor(3), torch.tensor([12, 7]),
+         None, None, torch.rand(2, 30, generator=g) > 0.1, "reference"))
+    torch.library.opcheck(
+        ops.select_visual_tokens_api.default,
+        (torch.rand(2, 5, 12, generator=g), torch.rand(2, 5, generator=g) > 0.3, torch.tensor([30, 30]),
+         torch.tensor([3, 10]), torch.tensor([12, 7]), 0.5, None, "reference"))
+    torch.library.opcheck(
+        ops.select_visual_tokens_api.default,
+        (torch.rand(2, 5, 12, generator=g), torch.ones(2, 5, dtype=torch.bool), torch.tensor([30, 30]),
+         torch.tensor([3, 10]), torch.tensor([12, 0]), None, torch.tensor(3), "cpu" if CPU_BUILT else None))
+    torch.library.opcheck(
+        ops.gather_compact_api.default,
+        ([torch.randn(2, 10, 3, generator=g), torch.arange(20).view(2, 10)],
+         torch.tensor([[0, 1, 4, 5, 9, -1], [2, 3, 4, 5, 6, 7]]), torch.tensor([5, 6]), [1, 1], -1, "reference"))

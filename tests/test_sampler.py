@@ -271,12 +271,19 @@ def test_mixed_batch_text_and_image(llada):
     assert torch.equal(alone.sequences[0], out.sequences[1])
 
 
-def test_no_still_masked_row_keeps_everything(llada):
-    """One step transfers the whole response: no still-masked row, nothing is pruned."""
+def test_pruning_at_the_last_step_is_refused(llada):
+    """Pruning after the last step would prune nothing useful (nothing runs afterwards, and
+    every row has been transferred): refused before any forward. (The op's rule that an
+    item with no scoring row keeps everything is tested in test_select_tokens.py.)"""
     x = _vlm_prompt(llada, 1, 30, [(2, 20)])
-    out = run(llada, x, visual_span=(2, 20), gen_length=4, steps=1, pruning=PruningConfig(keep_ratio=0.25))
-    assert out.kept_indices[0].tolist() == list(range(20))
-    assert out.seq_len_after == out.seq_len_before
+    for steps, prune_step in ((1, 1), (4, 4)):
+        with pytest.raises(ValueError, match="last denoising step"):
+            run(llada, x, visual_span=(2, 20), gen_length=4, steps=steps,
+                pruning=PruningConfig(keep_ratio=0.25, prune_step=prune_step))
+    # with two blocks, the last step of block 0 is fine: block 1 runs on the pruned sequence
+    out = run(llada, x, visual_span=(2, 20), gen_length=4, steps=4, block_length=2,
+              pruning=PruningConfig(keep_ratio=0.25, prune_step=2))
+    assert len(out.kept_indices[0]) == 5 and out.pruned_at_step == 1
 
 
 def test_baseline_policies(llada):
@@ -406,3 +413,56 @@ def test_other_model_dtypes(dtype):
     out = run(model, x, pruning=PruningConfig(keep_ratio=0.25), **kw)
     assert [len(k) for k in out.kept_indices] == [7, 5]
     assert out.lse_from_attention is (dtype == torch.bfloat16)
+
+
+def test_scoring_rows_follow_the_published_rule(llada):
+    """Scoring rows = masked before the scoring step and NOT transferred by it (the published
+    RedVTP rule), even when a transferred prediction is the mask id itself (which a by-value
+    rule would count as still masked). Forced here: the two first response positions predict
+    the mask id with overwhelming confidence, so step 1 transfers exactly them."""
+    from dvtp import policies
+
+    seen = []
+
+    @register_policy("capture_rows_test")
+    class Capture(PruningPolicy):
+        needs_scores = True
+
+        def importance(self, ctx):
+            seen.append(ctx.row_mask.clone())
+            return ctx.scores, ctx.row_mask
+
+    def force_mask_prediction(module, args, output):
+        output.logits[:, :2, MASK] = 1e4  # response rows 0, 1: certain, and the mask id
+        return output
+
+    handle = llada.register_forward_hook(force_mask_prediction)
+    try:
+        x = _vlm_prompt(llada, 1, 30, [(2, 20)])
+        out = run(llada, x, visual_span=(2, 20), gen_length=8, steps=4,
+                  pruning=PruningConfig(keep_ratio=0.5, policy="capture_rows_test"))
+    finally:
+        handle.remove()
+        del policies._POLICIES["capture_rows_test"]
+    rows = seen[0][0].tolist()
+    assert rows == [False, False] + [True] * 6  # transferred rows excluded, though they hold the mask id
+    # later steps detect masks by value: rows 0 and 1 compete again (and, forced, stay the mask id)
+    assert out.sequences[0, :2].tolist() == [MASK, MASK]
+    assert len(out.kept_indices[0]) == 10
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_generation_is_reproducible(llada, temperature):
+    """Reruns give bit-identical tokens and kept sets: at temperature 0, and with a fixed
+    generator at temperature > 0 (a different seed gives a different sample)."""
+    spans = [(3, 30), (3, 22)]
+    x = _vlm_prompt(llada, 2, 40, spans, seed=12)
+    kw = dict(visual_span=spans, gen_length=16, steps=8, block_length=8, temperature=temperature,
+              pruning=PruningConfig(keep_ratio=0.25))
+    a = run(llada, x, generator=torch.Generator().manual_seed(5), **kw)
+    b = run(llada, x, generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    assert [k.tolist() for k in a.kept_indices] == [k.tolist() for k in b.kept_indices]
+    if temperature > 0:
+        c = run(llada, x, generator=torch.Generator().manual_seed(6), **kw)
+        assert not torch.equal(a.sequences, c.sequences)

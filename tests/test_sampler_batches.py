@@ -11,7 +11,7 @@ import torch
 import dvtp
 import dvtp_kernels
 from dvtp.config import PruningConfig
-from dvtp.spans import PROTECTED, resolve_visual_spans
+from dvtp.spans import PROTECTED, SpanGeometry, resolve_visual_spans
 from eager_reference import reference_generate
 
 MASK = 127
@@ -293,11 +293,19 @@ def test_uniform_spreads_over_all_images(llada):
     assert out.kept_indices[2].tolist() == [(2 * i + 1) * 28 // 14 for i in range(7)]
 
 
-def test_no_still_masked_row_keeps_both_images(llada):
-    _, embs = _items(llada, seed=8)
-    out = run(llada, embs, visual_span=SPANS, gen_length=4, steps=1, pruning=PruningConfig(keep_ratio=0.25))
-    assert out.kept_indices[1].tolist() == list(range(34))
-    assert out.seq_len_after == out.seq_len_before
+def test_no_scoring_row_keeps_both_images():
+    """The several-image selection path with no scoring row left: everything is kept, the
+    text between the images included (the op's rule, through the protected-column scores)."""
+    geometry = SpanGeometry.from_spans([[(3, 10), (20, 6)]])
+    columns = geometry.visual_columns(torch.device("cpu"))
+    visual = torch.rand(1, 4, geometry.n_visual[0])
+    scores = geometry.range_scores(visual, columns)
+    gather_index, new_len, keep_index, keep_count = dvtp_kernels.select_visual_tokens(
+        scores, torch.zeros(1, 4, dtype=torch.bool), [40], geometry.key_start, geometry.key_len,
+        keep=geometry.keep_counts(0.25),
+    )
+    assert new_len.tolist() == [40] and keep_count.tolist() == [23]
+    assert geometry.kept_visual(keep_index, keep_count.tolist())[0].tolist() == list(range(16))
 
 
 def test_span_forms():

@@ -131,3 +131,37 @@ def test_keep_ratio_floor_matches_python_float_rounding():
             scores, row_mask, 100, 0, n, keep_ratio=0.29, backend="reference"
         )
         assert keep_count.tolist() == [expect]
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("keep", [3, torch.tensor(3)], ids=["int", "0-dim tensor"])
+def test_scalar_keep_with_a_text_only_item(backend, device, keep):
+    """One keep for the whole batch: items with visual tokens keep that many, a text-only
+    item (key_len 0) keeps 0 (it was refused: keep[1]=3 must lie in [0, 0])."""
+    dev = require(backend, device, OP)
+    scores, row_mask = make_scores(3, 5, 12, ties=False, seed=8, device=dev)
+    row_mask[:] = True
+    gather_index, new_len, keep_index, keep_count = dvtp_kernels.select_visual_tokens(
+        scores, row_mask, [20, 9, 16], [2, 4, 0], [12, 0, 7], keep=keep, backend=backend
+    )
+    assert keep_count.tolist() == [3, 0, 3]
+    assert new_len.tolist() == [20 - 12 + 3, 9, 16 - 7 + 3]
+    assert gather_index[1, :9].tolist() == list(range(9)) and (gather_index[1, 9:] == -1).all()
+    assert (keep_index[1] == -1).all()
+    kept = expected_keep(scores.cpu(), row_mask.cpu(), [12, 0, 7], [3, 0, 3])
+    assert keep_index[0].tolist() == kept[0] and keep_index[2].tolist() == kept[2]
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_keep_ratio_rule_on_every_backend(backend, device):
+    """max(1, int(n * r)) capped at n, 0 for n = 0: r = 0.29 keeps 28 of 100 (100 * 0.29 =
+    28.999999999999996), 8 of 29, 1 of 3, 0 of 0; r = 1e-9 keeps 1."""
+    dev = require(backend, device, OP)
+    scores = torch.rand(5, 2, 100, device=dev)
+    row_mask = torch.ones(5, 2, dtype=torch.bool, device=dev)
+    _, _, _, keep_count = dvtp_kernels.select_visual_tokens(
+        scores, row_mask, 100, 0, [100, 29, 3, 0, 57], keep_ratio=0.29, backend=backend)
+    assert keep_count.tolist() == [28, 8, 1, 0, 16]
+    _, _, _, keep_count = dvtp_kernels.select_visual_tokens(
+        scores, row_mask, 100, 0, [100, 29, 3, 0, 57], keep_ratio=1e-9, backend=backend)
+    assert keep_count.tolist() == [1, 1, 1, 0, 1]

@@ -72,6 +72,13 @@ SELECT_ERRORS = [
     (dict(keep=3), ValueError, r"give exactly one of keep_ratio and keep"),
     (dict(keep_ratio=None, keep=[3, 11]), ValueError, r"keep\[1\]=11 must lie in \[1, key_len\[1\]=10\]"),
     (dict(keep_ratio=None, keep=0), ValueError, r"keep\[0\]=0 must lie in \[1, key_len\[0\]=10\]"),
+    (dict(keep_ratio=None, keep=11), ValueError, r"keep\[0\]=11 must lie in \[1, key_len\[0\]=10\]"),
+    # per-item keeps stay exact: a text-only item must be given 0
+    (dict(keep_ratio=None, keep=[3, 2], key_len=[10, 0]), ValueError, r"keep\[1\]=2 must lie in \[0, key_len\[1\]=0\]"),
+    (dict(keep_ratio=None, keep=torch.tensor([3, 2]), key_len=[10, 0]), ValueError, r"keep\[1\]=2 must lie in \[0"),
+    # a scalar keep is checked against the items that have visual tokens
+    (dict(keep_ratio=None, keep=11, key_len=[10, 0]), ValueError, r"keep\[0\]=11 must lie in \[1, key_len\[0\]=10\]"),
+    (dict(keep_ratio=None, keep=torch.tensor(0), key_len=[10, 0]), ValueError, r"keep\[0\]=0 must lie in \[1"),
     (dict(scores=torch.rand(2, 4, 10).double()), TypeError, r"scores must be float32"),
     (dict(scores=torch.rand(4, 10)), ValueError, r"scores must be \[B, R, Vmax\]"),
     (dict(row_mask=torch.ones(2, 5, dtype=torch.bool)), ValueError, r"row_mask must have shape \[2, 4\]"),
@@ -113,6 +120,32 @@ GATHER_ERRORS = [
     (dict(pad_value=0.5), ValueError, r"pad_value=0.5 is not representable in tensors\[1\]'s dtype torch.int64"),
     (dict(pad_value="x"), TypeError, r"pad_value must be a bool, int or float"),
     (dict(tensors=[torch.ones(2, 5, dtype=torch.bool)], pad_value=2), ValueError, r"not representable .* torch.bool"),
+    # pad_value against each tensor's dtype: integer ranges, float ranges, bool
+    (dict(tensors=[torch.randn(2, 5), torch.zeros(2, 5, dtype=torch.uint8)], pad_value=-1), ValueError,
+     r"pad_value=-1 is not representable in tensors\[1\]'s dtype torch.uint8 \(integers in \[0, 255\]\)"),
+    (dict(tensors=[torch.zeros(2, 5, dtype=torch.int8)], pad_value=128), ValueError,
+     r"pad_value=128 is not representable in tensors\[0\]'s dtype torch.int8 \(integers in \[-128, 127\]\)"),
+    (dict(tensors=[torch.zeros(2, 5, dtype=torch.int64)], pad_value=2**63), ValueError,
+     r"pad_value=9223372036854775808 is not representable in tensors\[0\]'s dtype torch.int64"),
+    (dict(tensors=[torch.zeros(2, 5, dtype=torch.int32)], pad_value=float("inf")), ValueError,
+     r"pad_value=inf is not representable in tensors\[0\]'s dtype torch.int32"),
+    (dict(tensors=[torch.zeros(2, 5, dtype=torch.int32)], pad_value=float("nan")), ValueError,
+     r"pad_value=nan is not representable in tensors\[0\]'s dtype torch.int32"),
+    (dict(tensors=[torch.zeros(2, 5, dtype=torch.float16)], pad_value=1e6), ValueError,
+     r"pad_value=1000000.0 is not representable in tensors\[0\]'s dtype torch.float16 "
+     r"\(finite values need \|pad_value\| <= 65504\)"),
+    (dict(tensors=[torch.zeros(2, 5, dtype=torch.float16)], pad_value=-65505), ValueError,
+     r"pad_value=-65505 is not representable in tensors\[0\]'s dtype torch.float16"),
+    (dict(tensors=[torch.zeros(2, 5, dtype=torch.bfloat16)], pad_value=1e39), ValueError,
+     r"pad_value=1e\+39 is not representable in tensors\[0\]'s dtype torch.bfloat16"),
+    (dict(tensors=[torch.zeros(2, 5)], pad_value=2**200), ValueError,
+     r"is not representable in tensors\[0\]'s dtype torch.float32 \(finite values need"),
+    (dict(tensors=[torch.zeros(2, 5, dtype=torch.float8_e4m3fn)], pad_value=float("-inf")), ValueError,
+     r"pad_value=-inf is not representable in tensors\[0\]'s dtype torch.float8_e4m3fn .*no inf or nan"),
+    (dict(tensors=[torch.zeros(2, 5, dtype=torch.bool)], pad_value=-1), ValueError,
+     r"pad_value=-1 is not representable in tensors\[0\]'s dtype torch.bool \(bool takes 0, 1, False or True\)"),
+    (dict(tensors=[torch.zeros(2, 5, dtype=torch.bool)], pad_value=0.5), ValueError, r"torch.bool"),
+    (dict(pad_value=torch.tensor(1.0)), TypeError, r"pad_value must be a bool, int or float, got Tensor"),
 ]
 
 
@@ -120,6 +153,38 @@ GATHER_ERRORS = [
 def test_gather_rejects(overrides, error, message):
     with pytest.raises(error, match=message):
         gather(**overrides)
+
+
+@pytest.mark.parametrize("backend", dvtp_kernels.BACKENDS)
+@pytest.mark.parametrize("overrides,error,message", [e for e in GATHER_ERRORS if "pad_value" in e[0]])
+def test_pad_value_errors_are_the_same_on_every_backend_before_any_kernel(backend, overrides, error, message,
+                                                                          monkeypatch):
+    """Once, reference and cpu filled uint8 with -1 as 255 while triton raised, and float16
+    with 1e6 gave inf on cpu/triton but raised on reference: now every backend (even one
+    that cannot run here) gets the same error from validation, before dispatch."""
+    from dvtp_kernels import dispatch
+
+    def fail(*args, **kwargs):
+        raise AssertionError("dispatch reached with an invalid pad_value")
+
+    monkeypatch.setattr(dispatch, "choose", fail)
+    monkeypatch.setattr(dispatch, "run", fail)
+    with pytest.raises(error, match=message):
+        gather(backend=backend, **overrides)
+
+
+@pytest.mark.parametrize("dtype,value", [
+    (torch.uint8, 255), (torch.uint8, 0), (torch.int8, -128), (torch.int64, 2**63 - 1), (torch.int64, -(2**63)),
+    (torch.int16, 3.0), (torch.int32, True), (torch.bool, 1), (torch.bool, False), (torch.bool, 1.0),
+    (torch.float16, 65504), (torch.float16, float("inf")), (torch.float16, float("nan")),
+    (torch.bfloat16, -3.3e38), (torch.float32, float("-inf")), (torch.float64, 2**1000), (torch.complex64, -2.5),
+    (torch.float8_e5m2, float("inf")), (torch.float8_e4m3fn, 448.0),
+])
+def test_pad_value_accepted_at_the_edges(dtype, value):
+    from dvtp_kernels import validation
+
+    assert validation.pad_value_problem(value, dtype) is None
+    validation.check_pad_value(value, [torch.zeros(1, 1, dtype=dtype)])
 
 
 def test_errors_come_before_any_kernel(monkeypatch):

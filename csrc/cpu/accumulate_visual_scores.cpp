@@ -7,8 +7,10 @@
 // Work items are (batch item, block of Rc query rows); one at::parallel_for-style loop
 // hands each thread a contiguous range of items, and each item is computed entirely by
 // one thread, which then adds it into the rows of `scores` it owns: no two threads ever
-// write the same element, the order of every sum is fixed, so the result is
-// bit-identical from run to run (for a given thread count and build).
+// write the same element, the order of every sum is fixed, Rc depends on the shapes only
+// (never on the thread count) and MKL is pinned to its one-thread plan in the workers
+// (SequentialBlas), so the result is bit-identical from run to run and for any
+// number of threads (for a given build and CPU).
 //
 // Per item and query head h (kv head h / group), with a per-thread float32 logits tile
 // L [Rc, Ncols] and accumulator A [Rc, Vmax]:
@@ -17,11 +19,12 @@
 //                   A[:, :kl] += L[:, k0:k0+kl] * (1 / s)
 //   lse given:      L = scale * Q_h K_h[k0:k0+kl]^T (visual keys only), invalid keys
 //                   -> -inf, A[:, :kl] += exp(L - lse)
-// A row whose normaliser is not finite (no valid key: lse = -inf; or inf/NaN inputs)
-// contributes 0, as in the reference. The heavy parts are ATen's vectorised,
-// runtime-dispatched kernels (GEMM, exp, reductions), which run single-threaded inside
-// the parallel region. float16/bfloat16 inputs are upcast into float32 tiles: the
-// block's query rows ([Rc, D]) and the keys in chunks of kKeyChunk rows, so no float32
+// Non-finite normalisers (dvtp_kernels/reference.py, NONFINITE_RULES): a row whose
+// normaliser is -inf (no valid key) adds 0; NaN or +inf (a NaN/inf logit among its valid
+// keys, or such a given lse) makes every visual entry of the row NaN. The heavy parts
+// are ATen's vectorised, runtime-dispatched kernels (GEMM, exp, reductions), which run
+// single-threaded inside the parallel region. float16/bfloat16 inputs are upcast into
+// float32 tiles: the block's query rows ([Rc, D]) and the keys in chunks of kKeyChunk rows, so no float32
 // copy of k is ever made. Extra memory: per thread O(Rc * (N + Vmax + D)), nothing of
 // size N*N or [B, H, R, N].
 #include <ATen/ATen.h>
@@ -44,6 +47,12 @@ constexpr int64_t kMaxRowsPerItem = 64;   // rows of one work item (GEMM M)
 constexpr int64_t kMinRowsPerItem = 16;   // below this GEMMs get inefficient
 constexpr int64_t kTileElems = 1 << 22;   // soft cap on the [Rc, Ncols] tile (16 MiB)
 constexpr int64_t kKeyChunk = 256;        // keys upcast at a time for fp16/bf16
+// Row blocks are sized for this many work items in all (as if for 4 threads), whatever
+// the actual thread count: the blocking, hence every GEMM and so every rounding, is then
+// independent of at::get_num_threads(). (4: on 2 threads as fast as blocks sized for 2
+// threads, within noise, at the LLaDA-V shapes of benchmarks/. Items: at least 4 (or one
+// per batch item with visual tokens), each item's rows in blocks of at most 64.)
+constexpr int64_t kTargetItems = 4;
 
 struct Item {
   int64_t b;
@@ -125,9 +134,8 @@ void accumulate_visual_scores_cpu(const at::Tensor& q, const at::Tensor& k,
 
   const bool with_lse = lse_t.defined();
   const int64_t ncols = with_lse ? max_kl : N;  // width of the logits tile
-  // Rows per work item: enough items for every thread, GEMMs not too thin, tile bounded.
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t items_per_b = std::max<int64_t>(1, (threads + active - 1) / active);
+  // Rows per work item: about kTargetItems items, GEMMs not too thin, tile bounded.
+  const int64_t items_per_b = std::max<int64_t>(1, (kTargetItems + active - 1) / active);
   int64_t rc = (R + items_per_b - 1) / items_per_b;
   rc = std::max(rc, kMinRowsPerItem);
   rc = std::min(rc, kMaxRowsPerItem);
@@ -148,8 +156,12 @@ void accumulate_visual_scores_cpu(const at::Tensor& q, const at::Tensor& k,
   const int64_t group = Hq / Hkv;
   const auto f32 = q.options().dtype(at::kFloat);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  constexpr float kPosInf = std::numeric_limits<float>::infinity();
+  const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
   parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+    // Same GEMM plan (and rounding) on every thread, for any thread count.
+    SequentialBlas blas;
     // Per-thread scratch, reused by all items of this thread.
     at::Tensor tile = at::empty({rc, ncols}, f32);
     at::Tensor acc = at::empty({rc, Vmax}, f32);
@@ -159,7 +171,8 @@ void accumulate_visual_scores_cpu(const at::Tensor& q, const at::Tensor& k,
       k_f32 = at::empty({std::min(kKeyChunk, std::max<int64_t>(N, 1)), D}, f32);
     }
     at::Tensor norm = at::empty({rc}, f32);  // per-row value subtracted before exp
-    std::vector<uint8_t> bad(rc);
+    std::vector<uint8_t> bad(rc);     // this head: the row's normaliser is not finite
+    std::vector<uint8_t> poison(rc);  // any head: the row's normaliser was NaN or +inf
 
     for (int64_t it = begin; it < end; ++it) {
       const Item& item = items[it];
@@ -171,6 +184,7 @@ void accumulate_visual_scores_cpu(const at::Tensor& q, const at::Tensor& k,
       at::Tensor A = acc.narrow(0, 0, rows).narrow(1, 0, kl);
       at::Tensor nrm = norm.narrow(0, 0, rows);
       A.zero_();
+      std::fill(poison.begin(), poison.end(), 0);
       at::Tensor inv_b;
       if (has_invalid[b]) {
         inv_b = invalid[b].narrow(0, c0, cn).unsqueeze(0);  // [1, cn]
@@ -182,6 +196,7 @@ void accumulate_visual_scores_cpu(const at::Tensor& q, const at::Tensor& k,
         at::Tensor qh = qb[h].narrow(0, q0, rows);       // [rows, D], any strides
         at::Tensor kh = kb[h / group].narrow(0, c0, cn); // [cn, D], any strides
         // L = scale * qh @ kh^T (beta = 0: L's previous contents are ignored).
+        blas.pin();
         if (!low_precision) {
           at::addmm_out(L, L, qh, kh.t(), /*beta=*/0, /*alpha=*/scale);
         } else {
@@ -191,6 +206,7 @@ void accumulate_visual_scores_cpu(const at::Tensor& q, const at::Tensor& k,
             const int64_t jn = std::min(kKeyChunk, cn - j0);
             at::Tensor kf = k_f32.narrow(0, 0, jn);
             kf.copy_(kh.narrow(0, j0, jn));
+            blas.pin();
             at::Tensor Lj = L.narrow(1, j0, jn);
             at::addmm_out(Lj, Lj, qf, kf.t(), /*beta=*/0, /*alpha=*/scale);
           }
@@ -199,9 +215,11 @@ void accumulate_visual_scores_cpu(const at::Tensor& q, const at::Tensor& k,
           L.masked_fill_(inv_b, kNegInf);
         }
 
-        // Normaliser per row: the row max (lse not given) or the given lse. Rows whose
-        // normaliser is not finite contribute 0: their tile row is set to -inf and the
-        // normaliser to 0, so exp gives exact zeros without inf - inf = NaN.
+        // Normaliser per row: the row max (lse not given; NaN if any valid logit is NaN,
+        // +inf if one is +inf, as the lse would be) or the given lse. Rows whose normaliser
+        // is not finite add nothing here: their tile row is set to -inf and the normaliser
+        // to 0, so exp gives exact zeros without inf - inf = NaN; NaN/+inf ones are
+        // poisoned and set to NaN once all heads are summed.
         if (with_lse) {
           nrm.copy_(lse_t[b][h].narrow(0, q0, rows));
         } else {
@@ -210,9 +228,11 @@ void accumulate_visual_scores_cpu(const at::Tensor& q, const at::Tensor& k,
         float* np = nrm.data_ptr<float>();
         bool any_bad = false;
         for (int64_t r = 0; r < rows; ++r) {
-          bad[r] = std::isfinite(np[r]) ? 0 : 1;
+          const float v = np[r];
+          bad[r] = std::isfinite(v) ? 0 : 1;
           if (bad[r]) {
             any_bad = true;
+            if (std::isnan(v) || v == kPosInf) poison[r] = 1;
             np[r] = 0.f;
           }
         }
@@ -234,6 +254,9 @@ void accumulate_visual_scores_cpu(const at::Tensor& q, const at::Tensor& k,
           }
           A.addcmul_(L.narrow(1, k0, kl), nrm.unsqueeze(1));
         }
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        if (poison[r]) A[r].fill_(kNaN);
       }
       // This item's rows of scores are written by this thread only.
       scores[b].narrow(0, item.r0, rows).narrow(1, 0, kl).add_(A);

@@ -8,7 +8,54 @@
 
 #include <cstdint>
 
+// MKL's thread-local thread count (the C entry point behind mkl.h's
+// mkl_set_num_threads_local macro; the lower-case symbols are the Fortran interface,
+// which takes a pointer), when torch uses MKL (x86 builds export it from libtorch_cpu):
+// a weak reference, null where it is absent (OpenBLAS, Accelerate, ...).
+#if defined(__GNUC__) || defined(__clang__)
+extern "C" __attribute__((weak)) int MKL_Set_Num_Threads_Local(int nthreads);
+#define DVTP_HAVE_WEAK_MKL 1
+#else
+#define DVTP_HAVE_WEAK_MKL 0
+#endif
+
 namespace dvtp::cpu {
+
+// Pins MKL to one thread on the calling thread while alive. MKL picks its GEMM blocking
+// (hence the rounding of every product sum) from the thread count it plans for: in a
+// worker of a parallel region that is not the plan of a single-thread run, so without
+// this a kernel's GEMMs round differently for torch.set_num_threads(1) and (n). Pinned,
+// every thread count gives MKL's one-thread plan and bit-identical results (the workers
+// ran MKL on one thread anyway: nested regions are serial). Call pin() right before each
+// GEMM: ATen's lazy per-thread initialisation (the first ATen op on a fresh OpenMP worker)
+// resets MKL's thread-local count. A no-op without MKL.
+class SequentialBlas {
+ public:
+  SequentialBlas() {
+#if DVTP_HAVE_WEAK_MKL
+    if (&MKL_Set_Num_Threads_Local != nullptr) {
+      previous_ = MKL_Set_Num_Threads_Local(1);
+      active_ = true;
+    }
+#endif
+  }
+  void pin() const {
+#if DVTP_HAVE_WEAK_MKL
+    if (active_) MKL_Set_Num_Threads_Local(1);
+#endif
+  }
+  ~SequentialBlas() {
+#if DVTP_HAVE_WEAK_MKL
+    if (active_) MKL_Set_Num_Threads_Local(previous_);  // 0 restores the global setting
+#endif
+  }
+  SequentialBlas(const SequentialBlas&) = delete;
+  SequentialBlas& operator=(const SequentialBlas&) = delete;
+
+ private:
+  int previous_ = 0;
+  bool active_ = false;
+};
 
 // Runs f(begin, end) over [begin, end) split into one contiguous chunk per intra-op
 // thread (at most), like at::parallel_for. f is called at most once per thread, so

@@ -3,7 +3,10 @@
 //   scores[b, i, j] += sum_h exp(scale * q[b,h,query_start[b]+i] . k[b,h/G,key_start[b]+j] - lse[b,h,i])
 //
 // for j < key_len[b], with lse the row log-sum-exp over the valid keys (key_valid), given
-// or computed here for the R query rows only. Semantics: dvtp_kernels/reference.py.
+// or computed here for the R query rows only. Semantics: dvtp_kernels/reference.py; its
+// NONFINITE_RULES: a row whose lse is -inf adds 0, NaN or +inf makes the row NaN. The lse
+// kernels flag a row with a NaN or +inf valid logit explicitly (fmaxf drops NaN) and
+// report it as m = +inf in its partial, which stage_lse turns into a NaN lse.
 //
 // Two kernels per call:
 //  * lse kernels (only when lse is None): one block per (item, query head, 64-row tile,
@@ -158,6 +161,16 @@ __device__ __forceinline__ void mma_tile(const uint16_t* qs, const uint16_t* ks,
 #endif
 }
 
+// One entry's probability exp2(s * scale_log2 - l2) against its row's log2-domain lse
+// l2, with the non-finite rules: l2 = -inf (no valid key) -> 0; l2 NaN or +inf -> NaN
+// (padding keys included: the whole row is poisoned); finite l2 -> IEEE at valid keys
+// (a NaN logit gives NaN), 0 at padding keys (col_ok false). Bit tests: independent of
+// --use_fast_math.
+__device__ __forceinline__ float row_prob(float s, float scale_log2, float l2, bool col_ok) {
+  if (finite_bits(l2)) return col_ok ? exp2f(fmaf(s, scale_log2, -l2)) : 0.0f;
+  return l2 == neg_inf_f() ? 0.0f : nan_f();
+}
+
 // Stage log2-domain lse for all heads of the block's rows: lse_s[h * kBM + r].
 // Rows past R get -inf (never written back). Partials are combined in split order.
 __device__ __forceinline__ void stage_lse(const AccParams& p, float* lse_s, int b, int i0,
@@ -175,7 +188,9 @@ __device__ __forceinline__ void stage_lse(const AccParams& p, float* lse_s, int 
             p.lse_part + (static_cast<int64_t>(b) * p.Hq + h) * p.nsplit * p.R + i;
         float m = ninf;
         for (int s = 0; s < p.nsplit; ++s) m = fmaxf(m, part[static_cast<int64_t>(s) * p.R].x);
-        if (m != ninf) {
+        if (m == pos_inf_f()) {
+          v = nan_f();  // a split saw a NaN or +inf valid logit: the row is poisoned
+        } else if (m != ninf) {
           float l = 0.0f;
           for (int s = 0; s < p.nsplit; ++s) {
             const float2 pr = part[static_cast<int64_t>(s) * p.R];
@@ -274,9 +289,7 @@ __global__ void __launch_bounds__(kThreads, 2) score_tc_kernel(const AccParams p
 #pragma unroll
     for (int e = 0; e < EPT; ++e) {
       const int r = rg + e * RSTEP;
-      const float l2 = lrow[r];
-      const float pr = exp2f(fmaf(ss[r * LDS + c], p.scale_log2, -l2));
-      acc[e] += (col_ok && finite_bits(l2)) ? pr : 0.0f;
+      acc[e] += row_prob(ss[r * LDS + c], p.scale_log2, lrow[r], col_ok);
     }
     qbuf ^= 1;
     if (next_kv) kbuf ^= 1;
@@ -352,6 +365,7 @@ __global__ void __launch_bounds__(kThreads, 2) lse_tc_kernel(const AccParams p, 
   const float ninf = neg_inf_f();
   float m = ninf;
   float l = 0.0f;
+  bool bad = false;  // a valid logit of this row was NaN or +inf
 
   if (t_begin < t_end) {
     load_tile_16<kBM, DPAD>(qs, qbase, p.q_sn, p.q_sd, rows_q_in, p.D, p.vec_q);
@@ -384,6 +398,10 @@ __global__ void __launch_bounds__(kThreads, 2) lse_tc_kernel(const AccParams p, 
     for (int cc = 0; cc < CPT; ++cc) {
       const int col = sub + 4 * cc;  // conflict-free: 8 rows x 4 subs hit 32 banks
       x[cc] = fl[col] ? ss[row * LDS + col] * p.scale_log2 : ninf;
+      if (nan_or_pos_inf(x[cc])) {
+        bad = true;
+        x[cc] = ninf;
+      }
       mx = fmaxf(mx, x[cc]);
     }
     const float mn = fmaxf(m, mx);
@@ -401,6 +419,7 @@ __global__ void __launch_bounds__(kThreads, 2) lse_tc_kernel(const AccParams p, 
   for (int off = 1; off < 4; off <<= 1) {
     const float mo = __shfl_xor_sync(kFullMask, m, off);
     const float lo = __shfl_xor_sync(kFullMask, l, off);
+    bad |= __shfl_xor_sync(kFullMask, static_cast<int>(bad), off) != 0;
     const float mn = fmaxf(m, mo);
     if (mn != ninf) {
       l = l * exp2f(m - mn) + lo * exp2f(mo - mn);
@@ -409,7 +428,7 @@ __global__ void __launch_bounds__(kThreads, 2) lse_tc_kernel(const AccParams p, 
   }
   if (sub == 0 && row < rows_q) {
     part[((static_cast<int64_t>(b) * p.Hq + h) * p.nsplit + s) * p.R + i0 + row] =
-        make_float2(m, l);
+        bad ? make_float2(pos_inf_f(), 0.0f) : make_float2(m, l);
   }
 }
 
@@ -529,11 +548,9 @@ __global__ void __launch_bounds__(kThreads) score_f32_kernel(const AccParams p) 
 #pragma unroll
     for (int r = 0; r < L::RPT; ++r) {
       const float l2 = lse_s[h * kBM + ty + L::TY * r];
-      const bool row_ok = finite_bits(l2);
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
-        const float pr = exp2f(fmaf(s[r][c], p.scale_log2, -l2));
-        acc[r][c] += (row_ok && col_ok[c]) ? pr : 0.0f;
+        acc[r][c] += row_prob(s[r][c], p.scale_log2, l2, col_ok[c]);
       }
     }
   }
@@ -580,10 +597,12 @@ __global__ void __launch_bounds__(kThreads) lse_f32_kernel(const AccParams p, fl
   const float ninf = neg_inf_f();
   float m[L::RPT];
   float l[L::RPT];
+  bool bad[L::RPT];  // a valid logit of the row was NaN or +inf
 #pragma unroll
   for (int r = 0; r < L::RPT; ++r) {
     m[r] = ninf;
     l[r] = 0.0f;
+    bad[r] = false;
   }
   for (int t = t_begin; t < t_end; ++t) {
     const int64_t n0 = static_cast<int64_t>(t) * kLseBN;
@@ -605,6 +624,10 @@ __global__ void __launch_bounds__(kThreads) lse_f32_kernel(const AccParams p, fl
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         x[c] = ok[c] ? sc[r][c] * p.scale_log2 : ninf;
+        if (nan_or_pos_inf(x[c])) {
+          bad[r] = true;
+          x[c] = ninf;
+        }
         mx = fmaxf(mx, x[c]);
       }
       const float mn = fmaxf(m[r], mx);
@@ -624,6 +647,7 @@ __global__ void __launch_bounds__(kThreads) lse_f32_kernel(const AccParams p, fl
     for (int off = 1; off < L::TX; off <<= 1) {
       const float mo = __shfl_xor_sync(kFullMask, m[r], off);
       const float lo = __shfl_xor_sync(kFullMask, l[r], off);
+      bad[r] |= __shfl_xor_sync(kFullMask, static_cast<int>(bad[r]), off) != 0;
       const float mn = fmaxf(m[r], mo);
       if (mn != ninf) {
         l[r] = l[r] * exp2f(m[r] - mn) + lo * exp2f(mo - mn);
@@ -633,7 +657,7 @@ __global__ void __launch_bounds__(kThreads) lse_f32_kernel(const AccParams p, fl
     const int rr = ty + L::TY * r;
     if (tx == 0 && rr < rows_q) {
       part[((static_cast<int64_t>(b) * p.Hq + h) * p.nsplit + s) * p.R + i0 + rr] =
-          make_float2(m[r], l[r]);
+          bad[r] ? make_float2(pos_inf_f(), 0.0f) : make_float2(m[r], l[r]);
     }
   }
 }

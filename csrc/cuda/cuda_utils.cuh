@@ -26,6 +26,14 @@ __device__ __forceinline__ bool finite_bits(float x) {
 }
 
 __device__ __forceinline__ float neg_inf_f() { return __int_as_float(0xff800000); }
+__device__ __forceinline__ float pos_inf_f() { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ float nan_f() { return __int_as_float(0x7fc00000); }
+
+// NaN or +inf, by bits (exponent all ones and not -inf): independent of --use_fast_math.
+__device__ __forceinline__ bool nan_or_pos_inf(float x) {
+  const unsigned u = __float_as_uint(x);
+  return (u & 0x7f800000u) == 0x7f800000u && u != 0xff800000u;
+}
 
 // ---- cp.async (sm_80+): global -> shared copies that bypass registers ----------------
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {

@@ -200,7 +200,7 @@ def prepare(model, images, questions: str | Sequence[str], *, check=None) -> Mul
         images_left = iter(item)
         text = torch.tensor(ids, dtype=torch.long)
         cuts = [-1] + (text == IMAGE_PLACEHOLDER).nonzero().flatten().tolist() + [len(ids)]
-        for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        for a, b in zip(cuts, cuts[1:]):
             if b - a > 1:  # the text between two placeholders
                 parts.append(embed(text[a + 1 : b].to(device)))
                 pos += b - a - 1
@@ -267,13 +267,10 @@ def answer(
     Returns:
         `AnswerOutput`; every answer is cut at its first ``<|eot_id|>`` (or ``<|endoftext|>``).
     """
-    from ..sampler import check_generation_args
+    from ..sampler import check_generation_args, check_model
 
     t_start = time.perf_counter()
-    if pruning is not None and not isinstance(pruning, PruningConfig):
-        raise TypeError(
-            f"pruning must be a dvtp.PruningConfig or None, got {type(pruning).__name__}"
-        )
+    check_model(model)
     batch = prepare(
         model,
         images,
@@ -285,6 +282,7 @@ def answer(
             temperature=temperature,
             remasking=remasking,
             pruning=pruning,
+            generator=generator,
         ),
     )
     processor = model.processor

@@ -26,7 +26,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
     LlavaOnevisionPreTrainedModel,
 )
 
-from ..models import make_bidirectional
+from ..models import StrictFromPretrained, make_bidirectional
 from .packing import ImageLayout, image_layout, pack_image
 
 __all__ = ["LLaDAVModel", "LLaDAVForConditionalGeneration"]
@@ -66,7 +66,7 @@ class LLaDAVModel(LlavaOnevisionModel):
         return packed, lens
 
 
-class LLaDAVForConditionalGeneration(LlavaOnevisionForConditionalGeneration):
+class LLaDAVForConditionalGeneration(StrictFromPretrained, LlavaOnevisionForConditionalGeneration):
     """LLaDA-V: SigLIP tower + ``mlp2x_gelu`` projector + bidirectional LLaDA.
 
     Build one from a config (`dvtp.vlm.config`), load a checkpoint folder with

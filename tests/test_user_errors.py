@@ -1,0 +1,114 @@
+"""Defects a new-user trial found in the model side: each input fails early with a message
+naming the argument (and never after some forwards ran), and from_pretrained never
+returns randomly initialised weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import dvtp
+from dvtp import models
+from dvtp.config import PruningConfig
+
+MASK = 127
+
+
+def _ids(batch=2, n=12):
+    return torch.randint(0, MASK, (batch, n), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def no_forward(llada, monkeypatch):
+    """Fail the test if the model runs a forward."""
+
+    def forbidden(*a, **k):
+        raise AssertionError("a forward ran before the argument error")
+
+    monkeypatch.setattr(llada, "forward", forbidden)
+    return llada
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(inputs=torch.zeros(0, 5, dtype=torch.long)), ValueError, "batch size 0"),
+        (dict(generator=42, temperature=1.0), TypeError, "generator must be a torch.Generator"),
+        (dict(generator=42), TypeError, "generator must be a torch.Generator"),
+        (dict(visual_span=(1.5, 10)), ValueError, r"visual_span = \(1.5, 10\): start and length must be ints"),
+        (dict(visual_span=(1, 5), pruning=PruningConfig(prune_step=4)), ValueError, "last denoising step"),
+        (dict(visual_span=(1, 5), pruning=PruningConfig(backend="cuda")), ValueError, "cannot run on cpu"),
+    ],
+)
+def test_generate_errors_before_any_forward(no_forward, kwargs, error, match):
+    kwargs = {"inputs": _ids(), "gen_length": 4, "steps": 4, "mask_id": MASK, **kwargs}
+    inputs = kwargs.pop("inputs")
+    with pytest.raises(error, match=match):
+        dvtp.generate(no_forward, inputs, **kwargs)
+
+
+def test_generate_needs_a_language_model_in_eval_mode(llada):
+    with pytest.raises(TypeError, match="model must be a transformers language model.*got Linear"):
+        dvtp.generate(torch.nn.Linear(2, 2), _ids(), gen_length=4, steps=4)
+    llada.train()
+    try:
+        with pytest.raises(ValueError, match=r"training mode.*model.eval\(\)"):
+            dvtp.generate(llada, _ids(), gen_length=4, steps=4, mask_id=MASK)
+    finally:
+        llada.eval()
+
+
+def test_pruning_config_backend_is_checked_at_construction():
+    with pytest.raises(ValueError, match="PruningConfig.backend must be None .* got 'gpu'"):
+        PruningConfig(backend="gpu")
+    assert PruningConfig(backend="cpu").backend == "cpu"
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: models.llada_lm(models.tiny_llada_config(), dtype="bf16"), ValueError, "dtype must be .*'bf16'"),
+        (lambda: models.llada_lm("tiny"), TypeError, "config must be a LlamaConfig.*tiny_llada_config"),
+        (lambda: models.dream_lm(models.tiny_llada_config()), TypeError, "config must be a Qwen2Config"),
+        (lambda: models.llada_lm(models.tiny_llada_config(), hiden_size=3), TypeError,
+         "unknown LlamaConfig field 'hiden_size' \\(did you mean 'hidden_size'\\?\\)"),
+        (lambda: models.tiny_dream_config(num_layers=3), TypeError, "unknown Qwen2Config field 'num_layers'"),
+        (lambda: models.llada_lm({"hidden_size": 64, "num_heads": 4}), TypeError, "unknown LlamaConfig field 'num_heads'"),
+        (lambda: models.llada_lm(models.tiny_llada_config(), seed="0"), TypeError, "seed must be an int"),
+    ],
+)
+def test_model_builders_reject_bad_arguments(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_builders_accept_dtype_names():
+    assert next(models.llada_lm(models.tiny_llada_config(), dtype="bfloat16").parameters()).dtype == torch.bfloat16
+
+
+def test_from_pretrained_round_trip_and_refusals(tmp_path):
+    model = models.llada_lm(models.tiny_llada_config(), seed=3)
+    model.save_pretrained(tmp_path / "ok")
+    loaded = models.LLaDALM.from_pretrained(tmp_path / "ok")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    # a config that does not match the weights: missing layers would be randomly initialised
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    config["num_hidden_layers"] = 3
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"9 weights missing \(they would be randomly initialised\).*dvtp.load"):
+        models.LLaDALM.from_pretrained(tmp_path / "ok")
+    # the report stays available to callers who check it themselves
+    _, info = models.LLaDALM.from_pretrained(tmp_path / "ok", output_loading_info=True)
+    assert len(info["missing_keys"]) == 9
+
+
+@pytest.mark.parametrize("model_type", ["llada", "llava_llada"])
+def test_from_pretrained_refuses_published_llada_folders(tmp_path, model_type):
+    """LLaDA's / LLaDA-V's published folders are not transformers' Llama layout: refused
+    before anything is built (an 8B model would otherwise be built randomly first)."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "d_model": 4096}))
+    with pytest.raises(ValueError, match=f"model_type '{model_type}'.*dvtp.load"):
+        models.LLaDALM.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="dvtp.load"):
+        dvtp.vlm.LLaDAVForConditionalGeneration.from_pretrained(tmp_path)
