@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 
@@ -9,6 +10,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# torch.compile's on-disk caches: one fresh directory per test session, so graphs compiled
+# by an earlier run (or another checkout) never stand in for tracing the code under test.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="dvtp-test-compile-cache-"))
 
 import hypothesis_profiles  # noqa: E402,F401  (registers "ci" / "thorough" before the plugin picks one)
 

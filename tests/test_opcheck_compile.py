@@ -66,9 +66,15 @@ def test_compile_fullgraph_extension_ops():
 
 
 def run_python(code):
+    """Run ``code`` in a fresh interpreter with a fresh compile cache: a compiled graph cached
+    on disk by an earlier run (e.g. of an older checkout) must not stand in for tracing."""
+    import tempfile
+
     env = dict(os.environ)
     env.pop("DVTP_BACKEND", None)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    with tempfile.TemporaryDirectory() as cache:
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
 
 PUBLIC_PIPELINE = """
 import torch
@@ -102,9 +108,9 @@ def compare(backend=None):
     got = compiled(*inputs[:3], inputs[3].clone(), *inputs[4:], backend=backend)
     expected = pipeline(*inputs[:3], inputs[3].clone(), *inputs[4:], backend=backend)
     assert len(got) == len(expected)
-    for a, b in zip(got, expected):
-        assert a.dtype == b.dtype and a.shape == b.shape, (a.shape, b.shape)
-        assert torch.equal(a, b)
+    for i, (a, b) in enumerate(zip(got, expected)):
+        assert a.dtype == b.dtype and a.shape == b.shape, (i, a.shape, b.shape)
+        assert torch.equal(a, b), (i, a, b)
     return got
 """
 
