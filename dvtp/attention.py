@@ -13,8 +13,8 @@ call), never at import; it only adds new keys to transformers' registries.
 * transformers' mask factories (``create_causal_mask``, ``create_bidirectional_mask``,
   sliding-window variants) look up ``"dvtp_sdpa"`` in `AttentionMaskInterface`, where dvtp
   registers `padding_mask`: it ignores the causal pattern and returns None (no mask at
-  all) unless some key is padding, in which case it returns a broadcastable
-  ``[B, 1, 1, N]`` bool key mask. No N x N mask is ever built.
+  all) without an attention mask, else a broadcastable ``[B, 1, 1, N]`` bool key mask.
+  No N x N mask is ever built.
 
 While a scoring pass is active (``with hook.scoring(...)``), each scored layer also calls
 `dvtp_kernels.accumulate_visual_scores` with its post-RoPE q/k. The row log-sum-exp comes
@@ -85,8 +85,10 @@ def padding_mask(
     """Mask factory for ``dvtp_sdpa``: full bidirectional attention, padding only.
 
     ``mask_function`` (the causal / sliding pattern transformers asks for) is ignored on
-    purpose. Returns None when no key is padding, else a ``[B, 1, 1, kv_length]`` bool
-    mask (True = attend) that SDPA broadcasts over heads and query rows.
+    purpose. Returns None without an ``attention_mask``, else a ``[B, 1, 1, kv_length]``
+    bool mask (True = attend) that SDPA broadcasts over heads and query rows. A given mask
+    is used as is, never inspected on the host (that would be a device sync per forward):
+    `dvtp.generate` passes one only when some item is padded; pass None for "no padding".
     """
     if attention_mask is None:
         return None
@@ -96,8 +98,6 @@ def padding_mask(
     mask = mask.to(torch.bool)
     if kv_offset or mask.shape[-1] != kv_length:
         mask = mask[:, kv_offset : kv_offset + kv_length]
-    if not torch.compiler.is_compiling() and bool(mask.all()):
-        return None
     return mask[:, None, None, :]
 
 

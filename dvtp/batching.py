@@ -41,11 +41,6 @@ class PromptBatch:
     ids: torch.Tensor
     lengths: list[int]
 
-    @property
-    def ragged(self) -> bool:
-        """Whether the items have different lengths (some are padded)."""
-        return min(self.lengths) != max(self.lengths)
-
 
 def _kind_of(t: torch.Tensor) -> str | None:
     if t.is_floating_point():

@@ -230,3 +230,15 @@ def test_scoring_rejects_full_masks(llada):
         with pytest.raises(ValueError, match="key-padding mask"):
             with hook.scoring(torch.zeros(1, 2, 3), 8, 0, 3):
                 llada(inputs_embeds=x, attention_mask=full)
+
+
+def test_mask_factory_never_inspects_the_mask():
+    """A given mask is used as is (a host read of it would be a device sync per forward);
+    no mask -> None, the fast unmasked SDPA path."""
+    from dvtp.attention import padding_mask
+
+    assert padding_mask(2, 5, 5, attention_mask=None) is None
+    full = torch.ones(2, 5, dtype=torch.bool)
+    assert torch.equal(padding_mask(2, 5, 5, attention_mask=full), full[:, None, None, :])
+    padded = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert torch.equal(padding_mask(2, 5, 5, attention_mask=padded), padded.bool()[:, None, None, :])

@@ -49,7 +49,8 @@ class LLaDAVModel(LlavaOnevisionModel):
             h, w = select_best_resolution((int(size[0]), int(size[1])), self.config.image_grid_pinpoints)
             grid = (h // vision.image_size, w // vision.image_size)
         return image_layout(
-            size, grid, anyres=anyres, side=vision.image_size // vision.patch_size, max_views=_max_views(self.config)
+            size, grid, anyres=anyres, side=vision.image_size // vision.patch_size, view=vision.image_size,
+            max_views=_max_views(self.config),
         )
 
     def pack_image_features(self, image_features, image_sizes, image_newline=None, vision_aspect_ratio=None):

@@ -41,6 +41,7 @@ class ImageLayout:
         anyres: True = base view + grid (image alone in its prompt); False = one
             padded-square view (several images in one prompt).
         side: feature-map side of one view (27 for SigLIP 384/14).
+        view: side of one view in pixels (384); places grid cells on the original image.
         grid: ``(rows, cols)`` of anyres views, or None.
         unpadded: ``(h, w)`` of the grid feature map after unpad (None unless anyres).
         packed: ``(h, w)`` of the grid feature map after the optional shrink, i.e. the
@@ -50,6 +51,7 @@ class ImageLayout:
     size: tuple[int, int]
     anyres: bool
     side: int
+    view: int = 384
     grid: tuple[int, int] | None = None
     unpadded: tuple[int, int] | None = None
     packed: tuple[int, int] | None = None
@@ -95,7 +97,7 @@ class ImageLayout:
             (uh, uw), (ph, pw) = self.unpadded, self.packed
             # LLaDA-V's resize-and-pad: the image resized to (nh, nw) sits centred on a
             # canvas of rows x cols views of `tile` pixels; a feature cell is tile/s pixels.
-            tile = 384
+            tile = self.view
             ch, cw = rows * tile, cols * tile
             if cw / W < ch / H:
                 nw, nh = cw, min(math.ceil(H * cw / W), ch)
@@ -123,8 +125,9 @@ def _boxes(y_edges: torch.Tensor, x_edges: torch.Tensor) -> torch.Tensor:
     ).reshape(-1, 4)
 
 
-def image_layout(size, grid, *, anyres: bool, side: int = 27, max_views: int = 4) -> ImageLayout:
-    """The `ImageLayout` of an image of ``size = (height, width)`` pixels.
+def image_layout(size, grid, *, anyres: bool, side: int = 27, view: int = 384, max_views: int = 4) -> ImageLayout:
+    """The `ImageLayout` of an image of ``size = (height, width)`` pixels (views of ``view``
+    pixels, ``side x side`` features each).
 
     ``grid`` is the ``(rows, cols)`` of its anyres views (from the best-fit resolution);
     ignored when ``anyres`` is False.
@@ -133,7 +136,7 @@ def image_layout(size, grid, *, anyres: bool, side: int = 27, max_views: int = 4
     if H < 1 or W < 1:
         raise ValueError(f"image size must be positive (height, width), got {size!r}")
     if not anyres:
-        return ImageLayout(size=(H, W), anyres=False, side=side)
+        return ImageLayout(size=(H, W), anyres=False, side=side, view=view)
     rows, cols = int(grid[0]), int(grid[1])
     ch, cw = rows * side, cols * side
     # LLaDA-V's unpad: the axis the image did not fill loses its padding, truncating int().
@@ -147,7 +150,9 @@ def image_layout(size, grid, *, anyres: bool, side: int = 27, max_views: int = 4
         uh, uw = ch, cw - 2 * pad
     times = math.sqrt(uh * uw / (max_views * side**2))
     ph, pw = (int(uh // times), int(uw // times)) if times > 1.1 else (uh, uw)
-    return ImageLayout(size=(H, W), anyres=True, side=side, grid=(rows, cols), unpadded=(uh, uw), packed=(ph, pw))
+    return ImageLayout(
+        size=(H, W), anyres=True, side=side, view=view, grid=(rows, cols), unpadded=(uh, uw), packed=(ph, pw)
+    )
 
 
 def pack_image(features: torch.Tensor, layout: ImageLayout, newline: torch.Tensor) -> torch.Tensor:
