@@ -79,6 +79,11 @@ class GenerationOutput:
         kept_indices: per item, ascending visual-local indices of the kept visual tokens:
             indices into the concatenation of the item's visual tokens in span order
             (int64, on CPU), or None when the item was not pruned (no pruning, no span).
+        importance: per item, the importance the selection ranked its visual tokens by
+            (float32 ``[n_visual_b]`` on CPU, visual-local indices as ``kept_indices``: the
+            policy's scores summed over its still-masked rows; for "redvtp" the attention
+            they pay to each token summed over heads and scored layers), or None when the
+            item was not pruned.
         visual_spans: per item, its resolved ``(start, length)`` pairs in item coordinates,
             sorted, zero-length ones dropped; ``[]`` for a text-only item.
         prompt_lengths: per item, its prompt length ``P_b`` (padding excluded).
@@ -102,6 +107,7 @@ class GenerationOutput:
     seq_len_before: list[int] = field(default_factory=list)
     seq_len_after: list[int] = field(default_factory=list)
     kept_indices: list[torch.Tensor | None] = field(default_factory=list)
+    importance: list[torch.Tensor | None] = field(default_factory=list)
     visual_spans: list[list[tuple[int, int]]] = field(default_factory=list)
     prompt_lengths: list[int] = field(default_factory=list)
     pruned_at_step: int | None = None
@@ -439,6 +445,7 @@ def generate(
         seq_len_before=list(layout.seq_lens),
         seq_len_after=list(layout.seq_lens),
         kept_indices=[None] * B,
+        importance=[None] * B,
         visual_spans=geometry.spans,
         prompt_lengths=list(prompt.lengths),
     )
@@ -516,6 +523,7 @@ def generate(
                     visual_scores = scores if columns is None or scores is None else geometry.visual_view(scores, columns)
                     ctx = PolicyContext(pruning, row_mask, geometry.n_visual, visual_scores, device)
                     sel_scores, sel_rows = policy.importance(ctx)
+                    ranked_by = (sel_scores * sel_rows.unsqueeze(-1)).sum(dim=1).cpu()
                     if columns is None:
                         keep = dict(keep_ratio=pruning.keep_ratio)
                     else:
@@ -534,6 +542,10 @@ def generate(
                     position_ids = compacted[2] if keep_positions else None
                     layout = sequence_layout(new_len.tolist(), G, device)
                     out.kept_indices = geometry.kept_visual(keep_index.cpu(), keep_count.tolist())
+                    out.importance = [
+                        None if kept is None else ranked_by[b, : geometry.n_visual[b]]
+                        for b, kept in enumerate(out.kept_indices)
+                    ]
                     out.seq_len_after = list(layout.seq_lens)
                     out.pruned_at_step = global_step
                     out.backends = kernel_backends(device, pruning.backend)

@@ -41,11 +41,14 @@ class ImageTokens:
         span: ``(start, length)`` of its tokens in the item's prompt.
         kept: ascending indices (into this image's ``length`` tokens) of the tokens kept
             after pruning, int64 on CPU; None when the item was not pruned.
+        importance: ``[length]`` float32 on CPU, the importance each of its tokens was
+            ranked by (`GenerationOutput.importance`); None when the item was not pruned.
     """
 
     layout: ImageLayout
     span: tuple[int, int]
     kept: torch.Tensor | None = None
+    importance: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -306,13 +309,14 @@ def answer(
     t_gen1 = time.perf_counter()
 
     # the sampler reports kept tokens over an item's images in order: split them per image
-    for item_tokens, kept in zip(batch.images, out.kept_indices):
+    for item_tokens, kept, importance in zip(batch.images, out.kept_indices, out.importance):
         if kept is None:
             continue
         start = 0
         for image in item_tokens:
             n = image.num_tokens
             image.kept = kept[(kept >= start) & (kept < start + n)] - start
+            image.importance = importance[start : start + n]
             start += n
     texts = [processor.decode(seq) for seq in out.sequences]
     return AnswerOutput(
