@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,11 +35,9 @@ except ImportError:  # running from a source checkout
 
 import torch
 
+from dvtp.bench import harness
 from dvtp.vlm import prepare, scaled_llada_v, tiny_llada_v
 from dvtp.vlm.images import synthetic_photo
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BARE_LM_RESULTS = os.path.join(HERE, "results", "generate_cpu_2threads.json")
@@ -88,11 +85,10 @@ def bench(model, image, args) -> dict:
     results = {}
     for k in keeps:
         out = outs[k]
-        w = sorted(walls[k])
-        q1, q3 = (statistics.quantiles(w, n=4)[0], statistics.quantiles(w, n=4)[2]) if len(w) >= 2 else (w[0], w[0])
+        q1, median, q3 = harness.quartiles(walls[k])
         entry = {
             "keep_ratio": k,
-            "latency_s": statistics.median(w),
+            "latency_s": median,
             "latency_iqr_s": [q1, q3],
             "latency_all_s": walls[k],
             "preprocess_s": statistics.median(t["preprocess"] for t in parts[k]),
@@ -169,7 +165,7 @@ def main(argv=None) -> dict:
                   "vision": {k: getattr(model.config.vision_config, k) for k in
                              ("hidden_size", "num_hidden_layers", "image_size", "patch_size")}},
         "environment": {
-            **common.environment(torch.device("cpu")), "machine": platform.machine(),
+            **harness.environment(torch.device("cpu")), "device_name": harness.device_name(torch.device("cpu")),
             "loadavg_1m_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         },
         "results": gen,
@@ -177,7 +173,7 @@ def main(argv=None) -> dict:
         "wall_s": time.perf_counter() - t0,
     }
     report(result)
-    common.save_json(args.out, result)
+    harness.save_json(args.out, result)
     return result
 
 

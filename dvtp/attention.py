@@ -122,9 +122,20 @@ class ScoringPass:
     backend: str | None = None
     scored_layers: list[int] = field(default_factory=list)
     lse_from_kernel: list[bool] = field(default_factory=list)
+    _spans: "dvtp_kernels.ScoreSpans | None" = field(default=None, repr=False)
 
     def includes(self, layer_idx) -> bool:
         return self.layers is None or layer_idx in self.layers
+
+    def spans(self, q: torch.Tensor) -> "dvtp_kernels.ScoreSpans":
+        """The pass's spans, validated once (at its first scored layer) and reused by the
+        others: every layer of a forward has the same B, N, R and Vmax."""
+        if self._spans is None or not self._spans.matches(q, self.scores):
+            self._spans = dvtp_kernels.score_spans(
+                self.query_start, self.key_start, self.key_len, batch=q.shape[0], rows=self.scores.shape[1],
+                seq_len=q.shape[2], vmax=self.scores.shape[2], device=q.device,
+            )
+        return self._spans
 
 
 # ----------------------------------------------------------------------------------------
@@ -235,8 +246,7 @@ def dvtp_sdpa_attention(
     if q.dtype not in _KERNEL_DTYPES:  # e.g. a float64 model: the kernels take 32/16-bit floats
         q, k, lse = q.float(), k.float(), None
     dvtp_kernels.accumulate_visual_scores(
-        q, k, state.scores, state.query_start, state.key_start, state.key_len,
-        scale=scaling, lse=lse, key_valid=key_valid, backend=state.backend,
+        q, k, state.scores, state.spans(q), scale=scaling, lse=lse, key_valid=key_valid, backend=state.backend,
     )
     state.scored_layers.append(layer_idx)
     state.lse_from_kernel.append(lse is not None)

@@ -19,7 +19,7 @@ import torch
 
 from . import _traceable, dispatch, reference, validation
 from .dispatch import BACKENDS, BackendError
-from .validation import check_accumulate, check_gather, check_select
+from .validation import ScoreSpans, check_accumulate, check_gather, check_select, score_spans
 
 __all__ = [
     "accumulate_visual_scores",
@@ -27,6 +27,8 @@ __all__ = [
     "gather_compact",
     "BACKENDS",
     "BackendError",
+    "ScoreSpans",
+    "score_spans",
     "reference",
     "dispatch",
 ]
@@ -38,8 +40,8 @@ def accumulate_visual_scores(
     k: torch.Tensor,
     scores: torch.Tensor,
     query_start,
-    key_start,
-    key_len,
+    key_start=None,
+    key_len=None,
     *,
     scale: float | None = None,
     lse: torch.Tensor | None = None,
@@ -60,7 +62,10 @@ def accumulate_visual_scores(
             R (the number of query rows) is ``scores.shape[1]``.
         query_start, key_start, key_len: int, sequence of B ints, or int64 ``[B]`` tensor:
             query rows ``[query_start, query_start + R)``, visual keys
-            ``[key_start, key_start + key_len)``, ``key_len <= Vmax``.
+            ``[key_start, key_start + key_len)``, ``key_len <= Vmax``. Or ``query_start``
+            a `ScoreSpans` from `score_spans` (``key_start``/``key_len`` None): spans
+            checked once for many calls of the same shapes (every layer of a scoring
+            forward), which skips the per-call checks and their host round trip.
         scale: softmax scale, default ``D ** -0.5``.
         lse: optional float32 ``[B, Hq, N]`` natural-log row log-sum-exp of
             ``scale * q k^T`` over valid keys (as flash/SDPA kernels return); computed for

@@ -106,6 +106,10 @@ def accumulate_visual_scores(q, k, scores, query_start, key_start, key_len, scal
         validation.require_tensor(value, name)
     validation.check_scale(scale)
     B = _batch(q)
+    if isinstance(query_start, validation.ScoreSpans):  # the op re-validates its tensors when it runs
+        if key_start is not None or key_len is not None:
+            raise ValueError("with query_start given as ScoreSpans, key_start and key_len must be None")
+        query_start, key_start, key_len = query_start.query_start, query_start.key_start, query_start.key_len
     torch.ops.dvtp.accumulate_visual_scores_api(
         q, k, scores,
         _item_tensor(query_start, "query_start", B),

@@ -8,8 +8,10 @@ take the input raises `BackendError` listing why.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 
 import torch
 
@@ -130,8 +132,29 @@ def choose(op: str, args: dict, backend: str | None = None) -> str:
     )
 
 
+_recorders = threading.local()
+
+
+@contextlib.contextmanager
+def recording():
+    """Record which backend ran each op inside the block: yields a dict ``{op: backend}``
+    filled by every `run` call on this thread (the last call of an op wins). This is how
+    callers report the backend that actually ran rather than re-deriving the choice."""
+    ran: dict[str, str] = {}
+    stack = getattr(_recorders, "stack", None)
+    if stack is None:
+        stack = _recorders.stack = []
+    stack.append(ran)
+    try:
+        yield ran
+    finally:
+        stack.remove(ran)
+
+
 def run(backend: str, op: str, **args):
     """Run a normalised op call on a backend (no checks: callers validated and chose)."""
+    for ran in getattr(_recorders, "stack", ()):
+        ran[op] = backend
     if backend == "reference":
         return _REFERENCE[op](**args)
     if backend == "triton":

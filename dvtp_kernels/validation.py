@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -142,14 +143,34 @@ def check_accumulate_meta(q, k, scores, lse, key_valid) -> None:
         _check_bool_vector(key_valid, "key_valid", (B, N), device, "q")
 
 
-def check_accumulate(q, k, scores, query_start, key_start, key_len, scale, lse, key_valid) -> dict:
-    check_accumulate_meta(q, k, scores, lse, key_valid)
-    B, Hq, N, D = q.shape
-    device = q.device
-    R, Vmax = scores.shape[1], scores.shape[2]
-    qs, qs_host = index_vector(query_start, "query_start", B, device)
-    ks, ks_host = index_vector(key_start, "key_start", B, device)
-    kl, kl_host = index_vector(key_len, "key_len", B, device)
+@dataclass(frozen=True)
+class ScoreSpans:
+    """The per-item spans of `accumulate_visual_scores`, validated once for a whole scoring
+    pass (every layer of a forward has the same spans): pass it as ``query_start`` (with
+    ``key_start`` and ``key_len`` None) and the per-call range checks, with their
+    host round trip, are skipped. Build it with `score_spans`.
+
+    Attributes:
+        query_start, key_start, key_len: int64 ``[B]`` tensors on ``device``.
+        batch, rows, seq_len, vmax: the B, R, N and Vmax they were checked against.
+    """
+
+    query_start: torch.Tensor
+    key_start: torch.Tensor
+    key_len: torch.Tensor
+    batch: int
+    rows: int
+    seq_len: int
+    vmax: int
+
+    def matches(self, q: torch.Tensor, scores: torch.Tensor) -> bool:
+        return (
+            (q.shape[0], q.shape[2], scores.shape[1], scores.shape[2]) == (self.batch, self.seq_len, self.rows, self.vmax)
+            and self.query_start.device == q.device
+        )
+
+
+def _check_spans(qs_host, ks_host, kl_host, B, R, N, Vmax) -> None:
     for b in range(B):
         if qs_host[b] < 0 or qs_host[b] + R > N:
             raise ValueError(
@@ -163,6 +184,39 @@ def check_accumulate(q, k, scores, query_start, key_start, key_len, scale, lse, 
             )
         if kl_host[b] > Vmax:
             raise ValueError(f"key_len[{b}]={kl_host[b]} exceeds scores.shape[2] (Vmax={Vmax})")
+
+
+def score_spans(query_start, key_start, key_len, *, batch: int, rows: int, seq_len: int, vmax: int,
+                device: torch.device) -> ScoreSpans:
+    """Check the spans of a scoring pass once (same rules and messages as
+    `accumulate_visual_scores`) against ``batch`` B, ``rows`` R, ``seq_len`` N and ``vmax``."""
+    qs, qs_host = index_vector(query_start, "query_start", batch, device)
+    ks, ks_host = index_vector(key_start, "key_start", batch, device)
+    kl, kl_host = index_vector(key_len, "key_len", batch, device)
+    _check_spans(qs_host, ks_host, kl_host, batch, rows, seq_len, vmax)
+    return ScoreSpans(qs, ks, kl, batch, rows, seq_len, vmax)
+
+
+def check_accumulate(q, k, scores, query_start, key_start, key_len, scale, lse, key_valid) -> dict:
+    check_accumulate_meta(q, k, scores, lse, key_valid)
+    B, Hq, N, D = q.shape
+    device = q.device
+    R, Vmax = scores.shape[1], scores.shape[2]
+    if isinstance(query_start, ScoreSpans):
+        spans = query_start
+        if key_start is not None or key_len is not None:
+            raise ValueError("with query_start given as ScoreSpans, key_start and key_len must be None")
+        if not spans.matches(q, scores):
+            raise ValueError(
+                f"query_start: ScoreSpans checked for B={spans.batch}, N={spans.seq_len}, R={spans.rows}, "
+                f"Vmax={spans.vmax} on {spans.query_start.device}, got q {_shape(q)} on {device} and scores {_shape(scores)}"
+            )
+        qs, ks, kl = spans.query_start, spans.key_start, spans.key_len
+    else:
+        qs, qs_host = index_vector(query_start, "query_start", B, device)
+        ks, ks_host = index_vector(key_start, "key_start", B, device)
+        kl, kl_host = index_vector(key_len, "key_len", B, device)
+        _check_spans(qs_host, ks_host, kl_host, B, R, N, Vmax)
     if scale is None:
         scale = D ** -0.5
     check_scale(scale)

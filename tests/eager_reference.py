@@ -189,7 +189,8 @@ def reference_generate(
                         logits[i, t] = float("-inf")
             p = torch.softmax(logits, -1)
             x0 = logits.argmax(-1).tolist()
-            conf = [p[i, x0[i]].item() if (is_mask[i] and i < limit) else -math.inf for i in range(G)]
+            # only the current block's masked positions are candidates (docs/semantics.md)
+            conf = [p[i, x0[i]].item() if (is_mask[i] and lo <= i < limit) else -math.inf for i in range(G)]
             order = sorted(range(G), key=lambda i: (-conf[i], i))
             k = schedule[step]
             chosen = [i for i in order[:k] if conf[i] > -math.inf]

@@ -377,7 +377,8 @@ def test_temperature_is_reproducible_with_a_generator(llada):
 
 def test_mask_prediction_stays_masked():
     """Masks are detected by value: a transfer that predicts the mask id stays masked."""
-    from dvtp.sampler import _denoise_step
+    from dvtp.generation.denoise import Denoiser
+    from dvtp.generation.request import GenerationRequest
 
     G, V = 4, 6
     logits = torch.full((1, G, V), -5.0)
@@ -385,8 +386,12 @@ def test_mask_prediction_stays_masked():
     logits[0, 1, 2] = 3.0
     logits[0, 2, 1] = 1.0
     resp = torch.full((1, G), 5)
-    mask = resp == 5
-    transfer, new = _denoise_step(logits, resp, mask, torch.tensor([2]), G, 5, 0.0, "low_confidence", [], None)
+    request = GenerationRequest(
+        gen_length=G, steps=2, block_length=G, temperature=0.0, remasking="low_confidence", mask_id=5,
+        pruning=None, stop_ids=(), suppressed=(), cache=None, refresh="block", threshold=None,
+        generator=None, progress=False, shift=0,
+    )
+    transfer, new = Denoiser(request, torch.device("cpu")).step(logits, resp, torch.tensor([2]), None)
     assert transfer[0].tolist() == [True, True, False, False]
     assert new[0].tolist() == [5, 2, 5, 5]
     assert (new == 5).sum() == 3

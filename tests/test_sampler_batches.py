@@ -167,7 +167,7 @@ def test_prompt_forms_agree(model):
 
 
 def test_equal_lengths_take_the_unpadded_path(llada):
-    """No mask and logits_to_keep = G when lengths agree; a [B, N] key mask and [B, G]
+    """No mask and one [L] logit-row vector when lengths agree; a [B, N] key mask and [B, L]
     response slots when they differ (never an N x N mask)."""
     _, embs = _items(llada, seed=3, items=[(20, None), (20, None)])
     with _Forwards(llada) as f:
@@ -175,7 +175,8 @@ def test_equal_lengths_take_the_unpadded_path(llada):
         b = run(llada, torch.stack(embs), gen_length=8, steps=2)
         c = run(llada, torch.stack(embs), attention_mask=torch.ones(2, 20, dtype=torch.bool), gen_length=8, steps=2)
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.sequences, c.sequences)
-    assert all(k["attention_mask"] is None and k["logits_to_keep"] == 8 for k in f.calls)
+    # no mask, and the block's logit rows as one [L] index vector shared by the items
+    assert all(k["attention_mask"] is None and k["logits_to_keep"].tolist() == list(range(20, 28)) for k in f.calls)
 
     _, embs = _items(llada, seed=3, items=[(20, None), (13, None)])
     with _Forwards(llada) as f:

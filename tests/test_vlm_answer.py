@@ -221,3 +221,19 @@ def test_checkpoint_round_trip_answers_identically(model, tmp_path):
         b = loaded.answer(images, questions, pruning=pruning, **KW)
         assert torch.equal(a.sequences, b.sequences) and a.texts == b.texts
         assert a.kept_counts == b.kept_counts
+
+
+def test_answer_with_cache_threshold_and_pruning(model):
+    """The image path takes the cache and parallel decoding; refresh every step is exact."""
+    from dvtp.vlm.images import synthetic_photo
+
+    image = synthetic_photo(200, 300)
+    kw = dict(gen_length=8, steps=8, block_length=4, stop=False, pruning=dvtp.PruningConfig(keep_ratio=0.25))
+    plain = model.answer(image, "What is shown?", **kw)
+    exact = model.answer(image, "What is shown?", cache="dual", refresh=1, **kw)
+    assert torch.equal(exact.sequences, plain.sequences)
+    fast = model.answer(image, "What is shown?", cache="prefix", threshold=0.5, **kw)
+    assert fast.generation.full_forwards < fast.generation.num_forwards
+    assert fast.kept_counts == plain.kept_counts
+    with pytest.raises(ValueError, match="cache must be"):
+        model.answer(image, "What is shown?", cache="all", **kw)

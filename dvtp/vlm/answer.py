@@ -239,6 +239,9 @@ def answer(
     temperature: float = 0.0,
     remasking: str = "low_confidence",
     stop: bool = True,
+    cache: str | None = None,
+    refresh: str | int = "block",
+    threshold: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> AnswerOutput:
@@ -265,6 +268,8 @@ def answer(
             ``<|eot_id|>`` (or ``<|endoftext|>``) and every mask before it is filled (see
             docs/semantics.md); False: all ``steps`` run (same work for every setting,
             e.g. for timing). The text is cut at the first stop token either way.
+        cache, refresh, threshold: Fast-dLLM's K/V cache ("prefix" / "dual") and parallel
+            decoding, as in `dvtp.generate` (they stack with ``pruning``).
         temperature, remasking, generator, progress: as in `dvtp.generate`.
 
     Returns:
@@ -286,6 +291,9 @@ def answer(
             remasking=remasking,
             pruning=pruning,
             generator=generator,
+            cache=cache,
+            refresh=refresh,
+            threshold=threshold,
         ),
     )
     processor = model.processor
@@ -301,6 +309,9 @@ def answer(
         remasking=remasking,
         mask_id=processor.mask_id,
         pruning=pruning,
+        cache=cache,
+        refresh=refresh,
+        threshold=threshold,
         stop_tokens=processor.stop_ids if stop else None,
         suppress_tokens=processor.suppressed_ids,
         generator=generator,

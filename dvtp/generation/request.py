@@ -1,0 +1,224 @@
+"""`generate`'s arguments, checked once and frozen into a `GenerationRequest`.
+
+Everything here runs before any forward: a bad argument raises ValueError / TypeError
+naming it. Front ends that do work before generating (`dvtp.vlm.answer` runs the vision
+tower) call `check_generation_args` first.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from ..config import PruningConfig
+from ..models import LLADA_SUPPRESSED_IDS
+
+__all__ = ["GenerationRequest", "check_generation_args", "check_model", "resolve_request", "CACHE_MODES"]
+
+REMASKING = ("low_confidence", "random")
+CACHE_MODES = (None, "prefix", "dual")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _positive_int(value, name: str) -> int:
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What one `generate` call asked for, normalised (see `dvtp.generate` for each field).
+
+    ``steps_per_block`` = ``steps // num_blocks``; ``refresh`` is "block" or an int >= 1;
+    ``suppressed`` and ``stop_ids`` are sorted / ordered id tuples; ``shift`` is the
+    model's logit shift (1 for Dream: ``logits[:, i]`` comes from position ``i - 1``).
+    """
+
+    gen_length: int
+    steps: int
+    block_length: int
+    temperature: float
+    remasking: str
+    mask_id: int
+    pruning: PruningConfig | None
+    stop_ids: tuple[int, ...]
+    suppressed: tuple[int, ...]
+    cache: str | None
+    refresh: str | int
+    threshold: float | None
+    generator: torch.Generator | None
+    progress: bool
+    shift: int
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
+
+    def is_refresh(self, step_in_block: int) -> bool:
+        """Whether a cached run does a full forward (refilling the cache) at this step of a
+        block: its first step, and with ``refresh=n`` every n-th step."""
+        if step_in_block == 0:
+            return True
+        return self.refresh != "block" and step_in_block % self.refresh == 0
+
+
+def check_generation_args(
+    *, gen_length: int, steps: int, block_length: int | None, temperature: float, remasking: str,
+    pruning: PruningConfig | None, generator: torch.Generator | None = None,
+    cache: str | None = None, refresh: str | int = "block", threshold: float | None = None,
+) -> tuple[int, int, int, float]:
+    """Check the sampler's schedule arguments (no model needed, so front ends such as
+    `dvtp.vlm.answer` can check them before any forward).
+
+    Returns ``(gen_length, steps, block_length, temperature)`` normalised
+    (``block_length=None`` -> ``gen_length``). Raises ValueError/TypeError naming the argument.
+    """
+    gen_length = _positive_int(gen_length, "gen_length")
+    steps = _positive_int(steps, "steps")
+    block_length = gen_length if block_length is None else _positive_int(block_length, "block_length")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(
+            f"steps={steps} must be divisible by the number of blocks "
+            f"(gen_length // block_length = {num_blocks})"
+        )
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0:
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    if pruning is not None and not isinstance(pruning, PruningConfig):
+        raise TypeError(f"pruning must be a dvtp.PruningConfig or None, got {type(pruning).__name__}")
+    if pruning is not None and pruning.prune_step > steps // num_blocks:
+        raise ValueError(
+            f"pruning.prune_step={pruning.prune_step} exceeds the steps of block 0 "
+            f"(steps // num_blocks = {steps // num_blocks})"
+        )
+    if pruning is not None and pruning.prune_step == steps:
+        # after the last step nothing runs on the pruned sequence (and no row is left masked)
+        raise ValueError(
+            f"pruning.prune_step={pruning.prune_step} is the last denoising step (steps={steps}): no step "
+            "would run on the pruned sequence; prune at an earlier step"
+        )
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be None, 'prefix' or 'dual', got {cache!r}")
+    if not (refresh == "block" or (_is_int(refresh) and refresh >= 1)):
+        raise ValueError(f"refresh must be 'block' or a positive int (refresh every n steps), got {refresh!r}")
+    if cache is None and refresh != "block":
+        raise ValueError(f"refresh={refresh!r} needs a cache (cache='prefix' or 'dual'); without one every step is a full forward")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+        or not math.isfinite(float(threshold)) or not threshold > 0
+    ):
+        raise ValueError(f"threshold must be None or a finite number > 0 (a confidence, e.g. 0.9), got {threshold!r}")
+    return gen_length, steps, block_length, float(temperature)
+
+
+def check_model(model) -> None:
+    """The sampler needs a transformers language model in eval mode."""
+    if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "get_input_embeddings", None)) \
+            or getattr(model, "config", None) is None:
+        raise TypeError(
+            "model must be a transformers language model (e.g. dvtp.models.llada_lm(...), dvtp.load(path)), "
+            f"got {type(model).__name__}"
+        )
+    if model.training:
+        raise ValueError(
+            f"model ({type(model).__name__}) is in training mode, where dropout would randomise every step: "
+            "call model.eval() first"
+        )
+
+
+def _resolve_suppressed(suppress_tokens, vocab: int) -> tuple[int, ...]:
+    if suppress_tokens is None:
+        return ()
+    if isinstance(suppress_tokens, str):
+        if suppress_tokens != "llada":
+            raise ValueError(f"suppress_tokens must be 'llada', None or a list of ids, got {suppress_tokens!r}")
+        return tuple(i for i in LLADA_SUPPRESSED_IDS if i < vocab)
+    ids = []
+    for i in suppress_tokens:
+        if not _is_int(i) or not -vocab <= i < vocab:
+            raise ValueError(f"suppress_tokens entries must be ids in [-vocab_size, vocab_size) = [{-vocab}, {vocab}), got {i!r}")
+        ids.append(int(i) % vocab)  # negative ids count from the end of the vocabulary
+    return tuple(sorted(set(ids)))
+
+
+def _resolve_stop(stop_tokens) -> tuple[int, ...]:
+    if stop_tokens is None:
+        return ()
+    if _is_int(stop_tokens):
+        return (int(stop_tokens),)
+    ids = list(stop_tokens)
+    if not all(_is_int(i) for i in ids):
+        raise ValueError(f"stop_tokens must be an id or a list of ids, got {stop_tokens!r}")
+    return tuple(int(i) for i in ids)
+
+
+def _check_backend_usable(pruning: PruningConfig, device: torch.device) -> None:
+    """An explicit pruning backend that cannot run here fails before the first forward."""
+    from dvtp_kernels import BackendError, dispatch
+
+    ops = dispatch.OPS if pruning.needs_scores else ("select_visual_tokens", "gather_compact")
+    reasons = sorted({r for op in ops for r in dispatch.not_supported_reasons(pruning.backend, op, device)})
+    if reasons:
+        raise BackendError(
+            f"pruning.backend={pruning.backend!r} cannot run on {device} tensors: " + "; ".join(reasons)
+        )
+
+
+def resolve_request(
+    model, device: torch.device, *, gen_length, steps, block_length, temperature, remasking, mask_id,
+    pruning, stop_tokens, suppress_tokens, generator, cache, refresh, threshold, progress,
+) -> GenerationRequest:
+    """Check every generation argument against ``model`` (on ``device``) and freeze them."""
+    from ..attention import attention_modules
+
+    vocab = model.get_input_embeddings().weight.shape[0]
+    gen_length, steps, block_length, temperature = check_generation_args(
+        gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
+        remasking=remasking, pruning=pruning, generator=generator, cache=cache, refresh=refresh,
+        threshold=threshold,
+    )
+    if mask_id is None:
+        mask_id = getattr(model.config, "mask_token_id", None)
+        if mask_id is None:
+            raise ValueError("mask_id is required (the model config has no mask_token_id)")
+    if not _is_int(mask_id) or not 0 <= mask_id < vocab:
+        raise ValueError(f"mask_id must be an id in [0, vocab_size={vocab}), got {mask_id!r}")
+    if generator is not None and generator.device != device and (temperature > 0 or remasking == "random"):
+        # draws are made where the logits are: a generator elsewhere would cost a copy per step
+        raise ValueError(
+            f"generator is on {generator.device} but the model runs on {device}: "
+            f"create it with torch.Generator(device={str(device)!r})"
+        )
+    if pruning is not None:
+        if pruning.backend is not None:
+            _check_backend_usable(pruning, device)
+        num_layers = len(attention_modules(model))
+        if pruning.score_layers is not None and max(pruning.score_layers) >= num_layers:
+            raise ValueError(
+                f"pruning.score_layers={list(pruning.score_layers)} names a layer >= the model's "
+                f"{num_layers} attention layers"
+            )
+    return GenerationRequest(
+        gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
+        remasking=remasking, mask_id=int(mask_id), pruning=pruning, stop_ids=_resolve_stop(stop_tokens),
+        suppressed=_resolve_suppressed(suppress_tokens, vocab), cache=cache, refresh=refresh,
+        threshold=None if threshold is None else float(threshold), generator=generator,
+        progress=bool(progress), shift=int(getattr(model, "logits_shift", 0)),
+    )
