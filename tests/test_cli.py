@@ -137,7 +137,8 @@ def test_answer_json_with_compare(runs):
     doc = ok_json(runs.done("answer"))
     assert isinstance(doc["answer"], str) and doc["images"] == [str(runs.photo)]
     assert doc["pruning"] == {"keep_ratio": 0.25, "policy": "redvtp", "backend": None}
-    assert doc["generation"] == {"gen_length": 8, "steps": 4, "block_length": 8, "temperature": 0.0, "stop": False}
+    assert doc["generation"] == {"gen_length": 8, "steps": 4, "block_length": 8, "temperature": 0.0,
+                                 "cache": None, "refresh": "block", "threshold": None, "stop": False}
     kept = int(SMALL["visual"] * 0.25)
     assert (doc["visual_tokens"], doc["kept_tokens"]) == (SMALL["visual"], kept)
     (views,) = doc["views"]
