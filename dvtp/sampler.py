@@ -277,7 +277,7 @@ def generate(
                     out.cache_len_per_step.append(0 if full else state.length)
 
                     # denoise the block
-                    masked_before = state.resp == req.mask_id
+                    masked_before = state.resp == req.mask_id if scoring else None
                     transfer, state.resp[:, bs:be] = denoiser.step(logits, state.resp[:, bs:be], transfers[:, step], limit)
                     state.write_response(bs, be)
                     if stopping is not None:

@@ -189,19 +189,9 @@ def run(
 def _check_device(device) -> torch.device:
     if not isinstance(device, str):
         raise TypeError(f"device must be a str, 'cpu' or 'cuda', got {device!r}")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
-        raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}: {dispatch.no_cuda_reason()}")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device={device!r}: there are {count} CUDA devices")
-    return dev
+    from .devices import resolve_device
+
+    return resolve_device(device)
 
 
 def _check_backends(backends) -> list[str]:

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..devices import resolve_device  # noqa: F401  (re-exported: dvtp.bench uses it)
+
 MIB = 2**20
 
 
@@ -147,30 +149,6 @@ BUDGETS = {
 # ---------------------------------------------------------------------------------------
 # devices
 # ---------------------------------------------------------------------------------------
-
-
-def resolve_device(device) -> torch.device:
-    """``device`` ("cpu", "cuda", "cuda:N" or a torch.device) checked -> torch.device.
-
-    ValueError naming ``device`` for anything else, and for CUDA where there is none.
-    """
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            from dvtp_kernels.dispatch import no_cuda_reason
-
-            raise ValueError(f"device={device!r} but {no_cuda_reason()}")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device={device!r} but there are only {count} CUDA device(s)")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
 
 
 def synchronize(device: torch.device) -> None:

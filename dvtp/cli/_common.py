@@ -153,23 +153,14 @@ def resolve_device(device: str | None, param: str = "--device") -> str:
     else "cpu". A CUDA device that is not there is a usage error."""
     import torch
 
-    from dvtp_kernels.dispatch import no_cuda_reason
+    from dvtp.devices import resolve_device as resolve
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise click.BadParameter(f"expected 'cpu', 'cuda' or 'cuda:N', got {device!r}", param_hint=param)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise click.BadParameter(f"{device!r}: {no_cuda_reason()}", param_hint=param)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise click.BadParameter(f"{device!r}: there are {torch.cuda.device_count()} CUDA devices",
-                                     param_hint=param)
-    return str(dev)
+        return str(resolve(device))
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint=param) from None
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -81,7 +81,7 @@ class Denoiser:
         else:
             x0_p = torch.rand((B, L), generator=req.generator, dtype=torch.float64, device=logits.device)
         x0 = torch.where(masked, x0, block)
-        allowed = masked if limit is None else masked & (self.columns < limit.unsqueeze(1))
+        allowed = self.candidates(block, limit)
         confidence = torch.where(allowed, x0_p, torch.full_like(x0_p, float("-inf")))
         # top-k per item, equal confidence -> lower position (stable descending sort)
         ranked, order = torch.sort(confidence, dim=1, descending=True, stable=True)
