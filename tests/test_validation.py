@@ -198,3 +198,22 @@ def test_errors_come_before_any_kernel(monkeypatch):
     for overrides, error, _ in ACCUMULATE_ERRORS[:-2]:
         with pytest.raises(error):
             accumulate(**overrides)
+
+
+def test_score_spans_are_checked_once_and_give_the_same_scores():
+    """A ScoreSpans (spans validated once for a scoring pass) gives the per-call result and
+    is refused for a call of other shapes or with key_start/key_len also given."""
+    g = torch.Generator().manual_seed(3)
+    B, H, N, D, R, V = 2, 3, 29, 17, 5, 11
+    q, k = torch.randn(B, H, N, D, generator=g), torch.randn(B, H, N, D, generator=g)
+    start = torch.rand(B, R, V, generator=g)
+    plain = dvtp_kernels.accumulate_visual_scores(q, k, start.clone(), [20, 24], [3, 1], [11, 9], backend="reference")
+    spans = dvtp_kernels.score_spans([20, 24], [3, 1], [11, 9], batch=B, rows=R, seq_len=N, vmax=V, device=q.device)
+    once = dvtp_kernels.accumulate_visual_scores(q, k, start.clone(), spans, backend="reference")
+    assert torch.equal(once, plain)
+    with pytest.raises(ValueError, match="query rows"):
+        dvtp_kernels.score_spans([26, 0], 0, 4, batch=B, rows=R, seq_len=N, vmax=V, device=q.device)
+    with pytest.raises(ValueError, match="ScoreSpans checked for"):
+        dvtp_kernels.accumulate_visual_scores(q[:, :, :28], k[:, :, :28], start.clone(), spans)
+    with pytest.raises(ValueError, match="key_start and key_len must be None"):
+        dvtp_kernels.accumulate_visual_scores(q, k, start.clone(), spans, 3, 11)
