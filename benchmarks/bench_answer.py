@@ -146,7 +146,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     model = (scaled_llada_v if args.model == "scaled" else tiny_llada_v)(seed=0)
-    image = synthetic_photo(args.height, args.width)
+    image = synthetic_photo(args.width, args.height)
     t0 = time.perf_counter()
     gen = bench(model, image, args)
     bare = bare_lm_reference()
@@ -213,7 +213,7 @@ if pytest is not None:
     def tiny():
         args = parse_args(["--model", "tiny", "--height", "200", "--width", "300", "--gen", "8",
                            "--block", "8", "--steps", "4"])
-        return args, tiny_llada_v(seed=0), synthetic_photo(200, 300)
+        return args, tiny_llada_v(seed=0), synthetic_photo(300, 200)
 
     @pytest.mark.parametrize("keep", [None, 0.5, 0.25], ids=["unpruned", "keep0.5", "keep0.25"])
     def test_answer(benchmark, tiny, keep):

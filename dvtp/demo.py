@@ -97,7 +97,7 @@ def run(image: Any = None, question: str = DEFAULT_QUESTION, *, keep: Sequence[f
         (f"keep {r}", r, PruningConfig(keep_ratio=r, backend=backend)) for r in keep
     ]
     if image is None:
-        picture, image_name = load_image(synthetic_photo(768, 1024)), image_name or "synthetic photo"
+        picture, image_name = load_image(synthetic_photo(1024, 768)), image_name or "synthetic photo"
     else:
         picture = load_image(image, name="image")
     torch.set_num_threads(threads)

@@ -39,6 +39,11 @@ def no_forward(llada, monkeypatch):
         (dict(visual_span=(1.5, 10)), ValueError, r"visual_span = \(1.5, 10\): start and length must be ints"),
         (dict(visual_span=(1, 5), pruning=PruningConfig(prune_step=4)), ValueError, "last denoising step"),
         (dict(visual_span=(1, 5), pruning=PruningConfig(backend="cuda")), ValueError, "cannot run on cpu"),
+        # more steps than tokens: the extra steps would transfer nothing and still cost a forward
+        (dict(steps=100), ValueError, r"steps=100 exceeds gen_length=4: .*steps <= gen_length"),
+        (dict(steps=8, block_length=2), ValueError, r"steps=8 exceeds gen_length=4"),
+        (dict(temperature=float("inf")), ValueError, "temperature must be a finite number >= 0"),
+        (dict(temperature=float("nan")), ValueError, "temperature must be a finite number >= 0"),
     ],
 )
 def test_generate_errors_before_any_forward(no_forward, kwargs, error, match):
@@ -112,3 +117,40 @@ def test_from_pretrained_refuses_published_llada_folders(tmp_path, model_type):
         models.LLaDALM.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="dvtp.load"):
         dvtp.vlm.LLaDAVForConditionalGeneration.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(gen_length=7, steps=7, block_length=4), "--gen-length 7 must be a multiple of --block-length 4"),
+        (dict(steps=9), r"--steps 9 exceeds --gen-length 8"),
+        (dict(steps=3, block_length=4), r"--steps 3 must be divisible by the number of blocks "
+                                        r"\(--gen-length / --block-length = 2\)"),
+        (dict(refresh=3), r"--refresh 3 needs a cache \(--cache prefix or dual\)"),
+        (dict(temperature=float("inf")), "--temperature must be a finite number"),
+    ],
+)
+def test_generation_args_name_the_callers_options(kwargs, match):
+    """Front ends (the CLI) get messages in their own names: options, not API fields."""
+    from dvtp.generation.request import check_generation_args
+
+    names = {arg: "--" + arg.replace("_", "-") for arg in
+             ("gen_length", "steps", "block_length", "temperature", "cache", "refresh", "threshold")}
+    args = {**dict(gen_length=8, steps=8, block_length=None, temperature=0.0, remasking="low_confidence",
+                   pruning=None), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        check_generation_args(**args, names=names)
+    with pytest.raises(ValueError) as api:  # without names: the API's argument names
+        check_generation_args(**args)
+    assert "--" not in str(api.value)
+
+
+def test_synthetic_photo_is_width_first():
+    """One order everywhere: (width, height), as PIL's ``Image.size`` and ``synthetic:WxH``."""
+    from dvtp.vlm.images import load_image, synthetic_photo
+
+    photo = synthetic_photo(300, 200)
+    assert photo.shape == (200, 300, 3) and photo.dtype.name == "uint8"
+    assert load_image(photo).size == (300, 200)
+    with pytest.raises(TypeError):  # the seed is keyword-only: a third positional int is a mistake
+        synthetic_photo(300, 200, 1)

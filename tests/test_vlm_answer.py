@@ -227,7 +227,7 @@ def test_answer_with_cache_threshold_and_pruning(model):
     """The image path takes the cache and parallel decoding; refresh every step is exact."""
     from dvtp.vlm.images import synthetic_photo
 
-    image = synthetic_photo(200, 300)
+    image = synthetic_photo(300, 200)
     kw = dict(gen_length=8, steps=8, block_length=4, stop=False, pruning=dvtp.PruningConfig(keep_ratio=0.25))
     plain = model.answer(image, "What is shown?", **kw)
     exact = model.answer(image, "What is shown?", cache="dual", refresh=1, **kw)

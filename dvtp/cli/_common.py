@@ -208,6 +208,6 @@ def read_image(spec: str, param: str = "--image"):
         if not (1 <= width <= 8192 and 1 <= height <= 8192):
             raise click.BadParameter(f"{spec!r}: expected synthetic or synthetic:WxH with 1 <= W, H <= 8192 "
                                      "(e.g. synthetic:1024x768)", param_hint=param)
-        return load_image(synthetic_photo(height, width))
+        return load_image(synthetic_photo(width, height))
     return load_image(spec, name=f"{param} {spec}")
 

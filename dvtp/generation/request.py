@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
 from ..config import PruningConfig
 from ..models import LLADA_SUPPRESSED_IDS
 
-__all__ = ["GenerationRequest", "check_generation_args", "check_model", "resolve_request", "CACHE_MODES"]
+__all__ = ["ArgumentNames", "GenerationRequest", "check_generation_args", "check_model", "resolve_request", "CACHE_MODES"]
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = (None, "prefix", "dual")
@@ -23,6 +24,29 @@ CACHE_MODES = (None, "prefix", "dual")
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+class ArgumentNames:
+    """How a front end calls `check_generation_args`' arguments in its messages.
+
+    The library names its arguments (``gen_length=7``); the command line names its options
+    (``--gen-length 7``). ``names`` maps an argument (``gen_length``, ``steps``,
+    ``block_length``, ``temperature``, ``cache``, ``refresh``, ``threshold``,
+    ``pruning.keep_ratio``, ``pruning.prune_step``, ...) to the caller's name for it; a name
+    starting with ``--`` is shown as ``--option value``, any other as ``name=value``.
+    """
+
+    def __init__(self, names: Mapping[str, str] | None = None):
+        self.names = dict(names or {})
+
+    def __call__(self, arg: str) -> str:
+        """The caller's name of ``arg``."""
+        return self.names.get(arg, arg)
+
+    def show(self, arg: str, value) -> str:
+        """``arg`` with its value, as the caller writes it."""
+        name = self(arg)
+        return f"{name} {value}" if name.startswith("--") else f"{name}={value!r}"
 
 
 def _positive_int(value, name: str) -> int:
@@ -76,54 +100,71 @@ def check_generation_args(
     *, gen_length: int, steps: int, block_length: int | None, temperature: float, remasking: str,
     pruning: PruningConfig | None, generator: torch.Generator | None = None,
     cache: str | None = None, refresh: str | int = "block", threshold: float | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> tuple[int, int, int, float]:
     """Check the sampler's schedule arguments (no model needed, so front ends such as
     `dvtp.vlm.answer` can check them before any forward).
 
     Returns ``(gen_length, steps, block_length, temperature)`` normalised
-    (``block_length=None`` -> ``gen_length``). Raises ValueError/TypeError naming the argument.
+    (``block_length=None`` -> ``gen_length``). Raises ValueError/TypeError naming the
+    argument; ``names`` (see `ArgumentNames`) renames the arguments in the messages, so
+    the command line can name its options.
     """
-    gen_length = _positive_int(gen_length, "gen_length")
-    steps = _positive_int(steps, "steps")
-    block_length = gen_length if block_length is None else _positive_int(block_length, "block_length")
+    n = ArgumentNames(names)
+    gen_length = _positive_int(gen_length, n("gen_length"))
+    steps = _positive_int(steps, n("steps"))
+    block_length = gen_length if block_length is None else _positive_int(block_length, n("block_length"))
     if gen_length % block_length:
-        raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
+        raise ValueError(f"{n.show('gen_length', gen_length)} must be a multiple of "
+                         f"{n.show('block_length', block_length)}")
     num_blocks = gen_length // block_length
     if steps % num_blocks:
         raise ValueError(
-            f"steps={steps} must be divisible by the number of blocks "
-            f"(gen_length // block_length = {num_blocks})"
+            f"{n.show('steps', steps)} must be divisible by the number of blocks "
+            f"({n('gen_length')} / {n('block_length')} = {num_blocks})"
         )
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0:
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if steps > gen_length:
+        # steps // num_blocks > block_length: some steps of every block would transfer nothing
+        # and still cost a forward
+        raise ValueError(
+            f"{n.show('steps', steps)} exceeds {n.show('gen_length', gen_length)}: each denoising step "
+            f"transfers at least one token, so a block of {block_length} tokens takes at most "
+            f"{block_length} steps (steps <= gen_length)"
+        )
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
+            or not (math.isfinite(float(temperature)) and temperature >= 0):
+        raise ValueError(f"{n('temperature')} must be a finite number >= 0, got {temperature!r}")
     if remasking not in REMASKING:
-        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+        raise ValueError(f"{n('remasking')} must be one of {REMASKING}, got {remasking!r}")
     if pruning is not None and not isinstance(pruning, PruningConfig):
         raise TypeError(f"pruning must be a dvtp.PruningConfig or None, got {type(pruning).__name__}")
     if pruning is not None and pruning.prune_step > steps // num_blocks:
         raise ValueError(
-            f"pruning.prune_step={pruning.prune_step} exceeds the steps of block 0 "
-            f"(steps // num_blocks = {steps // num_blocks})"
+            f"{n.show('pruning.prune_step', pruning.prune_step)} exceeds the steps of block 0 "
+            f"({n('steps')} / number of blocks = {steps // num_blocks})"
         )
     if pruning is not None and pruning.prune_step == steps:
         # after the last step nothing runs on the pruned sequence (and no row is left masked)
         raise ValueError(
-            f"pruning.prune_step={pruning.prune_step} is the last denoising step (steps={steps}): no step "
-            "would run on the pruned sequence; prune at an earlier step"
+            f"{n.show('pruning.prune_step', pruning.prune_step)} is the last denoising step "
+            f"({n.show('steps', steps)}): no step would run on the pruned sequence; prune at an earlier "
+            "step or use more steps"
         )
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if cache not in CACHE_MODES:
-        raise ValueError(f"cache must be None, 'prefix' or 'dual', got {cache!r}")
+        raise ValueError(f"{n('cache')} must be None, 'prefix' or 'dual', got {cache!r}")
     if not (refresh == "block" or (_is_int(refresh) and refresh >= 1)):
-        raise ValueError(f"refresh must be 'block' or a positive int (refresh every n steps), got {refresh!r}")
+        raise ValueError(f"{n('refresh')} must be 'block' or a positive int (refresh every n steps), got {refresh!r}")
     if cache is None and refresh != "block":
-        raise ValueError(f"refresh={refresh!r} needs a cache (cache='prefix' or 'dual'); without one every step is a full forward")
+        raise ValueError(f"{n.show('refresh', refresh)} needs a cache ({n('cache')} prefix or dual); "
+                         "without one every step is a full forward")
     if threshold is not None and (
         isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
         or not math.isfinite(float(threshold)) or not threshold > 0
     ):
-        raise ValueError(f"threshold must be None or a finite number > 0 (a confidence, e.g. 0.9), got {threshold!r}")
+        raise ValueError(f"{n('threshold')} must be a finite number > 0 (a confidence, e.g. 0.9), "
+                         f"got {threshold!r}")
     return gen_length, steps, block_length, float(temperature)
 
 

@@ -179,9 +179,11 @@ def _array_to_rgb(arr: np.ndarray, name: str, *, kind: str) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def synthetic_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+def synthetic_photo(width: int, height: int, *, seed: int = 0) -> np.ndarray:
     """A photo-like ``[height, width, 3]`` uint8 RGB image (sky gradient, textured ground,
-    a few coloured discs, sensor noise) for demos and benchmarks that must run offline."""
+    a few coloured discs, sensor noise) for demos and benchmarks that must run offline.
+
+    Width first, as PIL's ``Image.size`` and the command line's ``synthetic:WxH``."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     img = np.empty((height, width, 3))
