@@ -512,3 +512,192 @@ def test_linear_rope_scaling_is_read(bad):
     assert m.config.text_config.rope_parameters["rope_type"] == "linear"
     assert m.config.text_config.rope_parameters["factor"] == 2.0
     assert m.config.text_config.rope_parameters["rope_theta"] == 500000.0
+
+
+# ----------------------------------------------------------------------------- argument checks first
+def _no_cuda(monkeypatch):
+    """Make torch report no CUDA device, so that the test means the same on a GPU machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", 0, torch.device("cuda")])
+def test_unusable_cuda_device_is_named_before_reading(vlm_dir, monkeypatch, device):
+    """No raw torch error (AssertionError "Torch not compiled with CUDA enabled",
+    RuntimeError "Cannot access accelerator device") and nothing read: the folder
+    does not even have to exist."""
+    _no_cuda(monkeypatch)
+    for path in (vlm_dir, vlm_dir / "nope"):
+        with pytest.raises(ValueError, match=rf"device={re.escape(repr(device))} but .*usable here: 'cpu'\)"):
+            ck.load(path, device=device)
+    with pytest.raises(ValueError, match=r"device_map=.* but .*usable here: 'cpu'\)"):
+        ck.load(vlm_dir / "nope", device_map=device)
+    with pytest.raises(ValueError, match=r"device_map\['model.vision_tower'\]=.* but .*usable here: 'cpu'\)"):
+        ck.load(vlm_dir / "nope", device_map={"model.vision_tower": device, "": "cpu"})
+
+
+@pytest.mark.parametrize("device", ["bogus", "tpu", "cpu:1", -1, 3.5, True, "meta"])
+def test_bogus_device_is_named_before_reading(vlm_dir, device):
+    with pytest.raises(ValueError, match=r"^device must be 'cpu', 'cuda' or 'cuda:<index>', got .*usable here: 'cpu'"):
+        ck.load(vlm_dir / "nope", device=device)
+
+
+@pytest.mark.parametrize("device_map", ["bogus", 3.5, {}, {"": "disk"}, {0: "cpu"}, ["cpu"]])
+def test_bogus_device_map_is_named_before_reading(vlm_dir, device_map):
+    with pytest.raises(ValueError, match=r"device_map"):
+        ck.load(vlm_dir / "nope", device_map=device_map)
+
+
+def test_device_map_strategies_and_single_devices_load(lm_dir):
+    for device_map in ("sequential", torch.device("cpu"), {"": "cpu"}):
+        m = ck.load(lm_dir, device_map=device_map)
+        assert {p.device.type for p in m.parameters()} == {"cpu"}
+
+
+def test_tiny_presets_check_device_and_dtype(monkeypatch):
+    from dvtp.vlm.presets import scaled_llada_v
+
+    _no_cuda(monkeypatch)
+    for build in (tiny_llada_v, scaled_llada_v):
+        with pytest.raises(ValueError, match=r"device='cuda' but .*usable here: 'cpu'\)"):
+            build(device="cuda")
+        with pytest.raises(ValueError, match=r"device must be .*got 'bogus'"):
+            build(device="bogus")
+        with pytest.raises(ValueError, match=r"dtype must be .*got 'int8'"):
+            build(dtype="int8")
+    m = tiny_llada_v(seed=0, dtype="bfloat16", device="cpu")
+    assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
+    ref = tiny_llada_v(seed=0).state_dict()
+    for k, v in m.state_dict().items():  # the same weights whatever dtype / device
+        assert torch.equal(v, ref[k].to(v.dtype)), k
+
+
+# ----------------------------------------------------------------------------- stored dtypes
+KEY_LM = "model.layers.0.mlp.up_proj.weight"
+KEY_TOWER = TOWER + "encoder.layers.1.self_attn.k_proj.weight"
+
+
+@pytest.mark.parametrize("key", [KEY_LM, KEY_TOWER, "model.image_newline"])
+@pytest.mark.parametrize("dtype, name", [(torch.int32, "I32 \\(int32\\)"), (torch.uint8, "U8 \\(uint8\\)"),
+                                         (torch.bool, "BOOL \\(bool\\)")])
+def test_non_float_weight_is_refused(bad, monkeypatch, key, dtype, name):
+    """transformers casts an int32 tensor into a float parameter without a word: refused
+    from the safetensors header, naming the file and the key, before any tensor is read."""
+    shard = _index(bad)["weight_map"][key]
+
+    def to_int(tensors):
+        tensors[key] = (tensors[key] * 100).to(dtype)
+
+    _rewrite_shard_of(bad, key, to_int)
+
+    def never(*a, **k):
+        raise AssertionError("from_pretrained ran on a checkpoint with an integer weight")
+
+    monkeypatch.setattr(LLaDAVForConditionalGeneration, "from_pretrained", never)
+    with pytest.raises(ValueError) as err:
+        ck.load(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and f"{key} (in {shard}) is stored as " in msg
+    assert re.search(name, msg) and "expected F16, BF16 or F32" in msg
+
+
+def test_non_float_weight_of_text_llada_is_refused(lm_dir, tmp_path):
+    path = tmp_path / "lm"
+    shutil.copytree(lm_dir, path)
+    key = "model.transformer.blocks.0.ff_out.weight"
+    _rewrite_shard_of(path, key, lambda t: t.__setitem__(key, t[key].to(torch.int64)))
+    with pytest.raises(ValueError, match=rf"{re.escape(key)} \(in model-\d+-of-\d+\.safetensors\) is stored as I64"):
+        ck.load(path)
+
+
+def test_float16_bfloat16_float32_mix_is_allowed(vlm, bad):
+    """Mixed float storage is converted to the load dtype (what dtype= is for)."""
+    _rewrite_shard_of(bad, KEY_LM, lambda t: t.__setitem__(KEY_LM, t[KEY_LM].to(torch.float16)))
+    _rewrite_shard_of(bad, KEY_TOWER, lambda t: t.__setitem__(KEY_TOWER, t[KEY_TOWER].to(torch.bfloat16)))
+    m = ck.load(bad, dtype="float32")
+    state, ref = m.state_dict(), vlm.state_dict()
+    assert {v.dtype for v in state.values()} == {torch.float32}
+    lm_key = "model.language_model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(state[lm_key], ref[lm_key].to(torch.float16).float())
+    tower_key = "model.vision_tower.encoder.layers.1.self_attn.k_proj.weight"
+    assert torch.equal(state[tower_key], ref[tower_key].to(torch.bfloat16).float())
+
+
+# ----------------------------------------------------------------------------- progress bar
+def _bars_state():
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    return hf_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()
+
+
+def test_progress_bar_switch(lm_dir, capfd):
+    """transformers' "Loading weights" bar: never with progress=False, always with True,
+    with None only on a terminal (pytest's captured stderr is not one); transformers'
+    own setting is left as it was."""
+    before = _bars_state()
+    assert before[0], "transformers' bars should be on by default in the tests"
+    ck.load(lm_dir, progress=False)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert _bars_state() == before
+    ck.load(lm_dir, progress=None)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert _bars_state() == before
+    ck.load(lm_dir, progress=True)
+    assert "Loading weights" in capfd.readouterr().err
+    assert _bars_state() == before
+
+
+def test_progress_setting_restored_after_an_error(lm_dir, monkeypatch, capfd):
+    from transformers.utils import logging as hf_logging
+
+    def fail(*a, **k):
+        assert not hf_logging.is_progress_bar_enabled()  # switched off inside
+        raise RuntimeError("boom")
+
+    before = _bars_state()
+    monkeypatch.setattr(LLaDALM, "from_pretrained", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        ck.load(lm_dir, progress=False)
+    assert _bars_state() == before
+    # a caller who disabled transformers' bars keeps them disabled, even on a terminal
+    monkeypatch.undo()
+    hf_logging.disable_progress_bar()
+    try:
+        monkeypatch.setattr(loading.sys, "stderr", _Tty())
+        ck.load(lm_dir)
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
+    assert "Loading weights" not in capfd.readouterr().err
+
+
+class _Tty:
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def test_progress_on_a_terminal_by_default(lm_dir, monkeypatch):
+    shown = []
+    monkeypatch.setattr(loading.sys, "stderr", _Tty())
+    real = loading._progress_bars
+
+    def spy(show):
+        shown.append(show)
+        return real(show)
+
+    monkeypatch.setattr(loading, "_progress_bars", spy)
+    ck.load(lm_dir)
+    assert shown == [True]
+
+
+@pytest.mark.parametrize("progress", ["yes", 1, 0])
+def test_bad_progress_argument(vlm_dir, progress):
+    with pytest.raises(ValueError, match="progress must be None"):
+        ck.load(vlm_dir / "nope", progress=progress)

@@ -4,6 +4,7 @@ equals its items run alone, and bad inputs fail before any forward with clear me
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -181,6 +182,19 @@ def test_text_only_llada_answers(model):
         (IMG_A, "q", {"steps": 0}, ValueError, "steps"),
         (IMG_A, "q", {"pruning": 0.5}, TypeError, "pruning"),
         (IMG_A, "q", {"pruning": dvtp.PruningConfig(prune_step=9)}, ValueError, "prune_step"),
+        # empty questions, alone or in a batch
+        (IMG_A, "", {}, ValueError, r"^questions is empty or whitespace only \(''\)"),
+        (IMG_A, " \n\t", {}, ValueError, r"^questions is empty or whitespace only"),
+        (None, "", {}, ValueError, r"^questions is empty"),
+        ([IMG_A, IMG_B], ["ok", "  "], {}, ValueError, r"^questions\[1\] is empty or whitespace only \('  '\)"),
+        (None, ["", "ok"], {}, ValueError, r"^questions\[0\] is empty"),
+        # images / questions count mismatch: what was given is said
+        ([IMG_A], ["a", "b"], {}, ValueError, r"with 2 questions, images must be a list of 2 .*got a list of 1$"),
+        (IMG_A, ["a", "b"], {}, ValueError, r"images must be a list of 2 .*got one ndarray$"),
+        # images that are not local data
+        ("https://example.com/cat.jpg", "q", {}, ValueError, r"item 0: images\[0\]: .*is a URL; dvtp .*never fetches"),
+        ([IMG_A, b"not an image"], ["ok", "bad"], {}, ValueError, r"item 1: images\[0\]: could not decode the 12 bytes"),
+        ([IMG_A, b""], ["ok", "bad"], {}, ValueError, r"item 1: images\[0\]: the image bytes are empty"),
     ],
 )
 def test_bad_inputs_fail_before_any_forward(model, monkeypatch, images, questions, kwargs, error, match):
@@ -237,3 +251,106 @@ def test_answer_with_cache_threshold_and_pruning(model):
     assert fast.kept_counts == plain.kept_counts
     with pytest.raises(ValueError, match="cache must be"):
         model.answer(image, "What is shown?", cache="all", **kw)
+
+
+# ----------------------------------------------------------------------------- images as bytes
+def _encoded(image: np.ndarray, fmt: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_encoded_image_bytes_answer_like_the_decoded_image(model, tmp_path):
+    """PNG bytes, a BytesIO and a file opened "rb" give exactly the answer of the pixels
+    they hold (PNG is lossless); JPEG bytes are accepted too."""
+    import io
+
+    png = _encoded(IMG_B, "PNG")
+    (tmp_path / "b.png").write_bytes(png)
+    ref = model.answer([IMG_A, IMG_B], ["What is it?", "And this?"], **KW)
+    with open(tmp_path / "b.png", "rb") as f:
+        for given in (png, bytearray(png), io.BytesIO(png), f):
+            out = model.answer([IMG_A, given], ["What is it?", "And this?"], **KW)
+            assert torch.equal(out.sequences, ref.sequences) and out.visual_tokens == ref.visual_tokens
+    out = model.answer(_encoded(IMG_C, "JPEG"), "What is it?", **KW)
+    assert out.visual_tokens == model.answer(IMG_C, "What is it?", **KW).visual_tokens
+
+
+# ----------------------------------------------------------------------------- one signature
+def test_model_answer_has_the_functions_signature_and_docstring(model):
+    """model.answer spells out every keyword of dvtp.vlm.answer (help() shows them, not
+    **kwargs), with the same kinds, defaults and annotations, and the same docstring
+    less the model argument: they cannot drift apart."""
+    import inspect
+
+    from dvtp.vlm.answer import answer, method_doc
+
+    method = list(inspect.signature(model.answer).parameters.values())
+    function = list(inspect.signature(answer).parameters.values())
+    assert function[0].name == "model"
+    assert method == function[1:]
+    assert inspect.signature(model.answer).return_annotation == inspect.signature(answer).return_annotation
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in method)
+
+    doc = inspect.getdoc(model.answer)
+    assert doc == inspect.cleandoc(method_doc(answer.__doc__))
+    assert "model:" not in doc and "model:" in answer.__doc__
+    args = doc.split("Args:")[1].split("Returns:")[0]
+    for p in method:  # every argument is documented
+        assert re.search(rf"^    {p.name}:", args, re.M), p.name
+    for field in ("texts", "sequences", "images[b][i]", "prompt_lengths", "visual_tokens", "kept_counts",
+                  "tokens_per_step", "generation", "timings", "[B, gen_length]"):
+        assert field in doc.split("Returns:")[1], field
+
+
+def test_factor_is_passed_through(model, monkeypatch):
+    """``factor`` goes to the argument check and to dvtp.generate when given, and is
+    left out otherwise (the sampler's default)."""
+    import importlib
+
+    import dvtp.sampler
+
+    answer_module = importlib.import_module("dvtp.vlm.answer")  # dvtp.vlm.answer is also the function
+
+    seen = []
+    real_check = dvtp.sampler.check_generation_args
+
+    def check(**kwargs):
+        seen.append(("check", kwargs.get("factor", "absent")))
+        kwargs.pop("factor", None)
+        return real_check(**kwargs)
+
+    class Stop(Exception):
+        pass
+
+    def generate(*args, **kwargs):
+        seen.append(("generate", kwargs.get("factor", "absent")))
+        raise Stop
+
+    monkeypatch.setattr(dvtp.sampler, "check_generation_args", check)
+    monkeypatch.setattr(answer_module, "generate", generate)
+    for factor, expected in ((None, "absent"), (1.5, 1.5)):
+        seen.clear()
+        with pytest.raises(Stop):
+            model.answer(IMG_A, "q", factor=factor, **KW)
+        assert seen == [("check", expected), ("generate", expected)]
+
+
+def test_docs_list_every_argument():
+    """docs/llada_v.md's headings for dvtp.load and model.answer list every argument."""
+    import inspect
+    from pathlib import Path
+
+    from dvtp.vlm.answer import answer
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "llada_v.md").read_text()
+    for func, heading in ((dvtp.load, "## `dvtp.load("), (answer, "## `model.answer(")):
+        line = next(l for l in text.splitlines() if l.startswith(heading))
+        for p in inspect.signature(func).parameters.values():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                assert re.search(rf"\b{p.name}=", line), (heading, p.name)
+    assert "not used (see the roadmap)" not in text

@@ -541,3 +541,97 @@ def test_paths_are_pathlib_friendly(tmp_path):
     Image.new("RGB", (3, 2), (1, 2, 3)).save(path)
     out = load_image(path)
     assert out.mode == "RGB" and np.asarray(out).tolist() == [[[1, 2, 3]] * 3] * 2
+
+
+# ----------------------------------------------------------------------------- encoded bytes, URLs
+def _png(img: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_encoded_bytes_and_file_objects_accepted(tmp_path):
+    import io
+
+    src = make_image(37, 23, "noise", seed=4)
+    want = np.asarray(src.convert("RGB"))
+    data = _png(src)
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        given = [data, bytearray(data), memoryview(data), io.BytesIO(data), f]
+        for image in given:
+            out = load_image(image, name="images[1]")
+            assert out.mode == "RGB" and np.array_equal(np.asarray(out), want), type(image)
+    # a grey JPEG becomes RGB; a palette PNG too
+    buf = io.BytesIO()
+    Image.fromarray(np.full((5, 6), 77, np.uint8), "L").save(buf, "JPEG")
+    assert load_image(buf.getvalue()).mode == "RGB"
+    assert load_image(_png(src.convert("P"))).size == (37, 23)
+
+
+def test_undecodable_bytes_rejected():
+    import io
+
+    with pytest.raises(ValueError, match=r"^images\[2\]: could not decode the 14 bytes given \(starting b'GIF89a not rea"):
+        load_image(b"GIF89a not rea", name="images[2]")
+    png = _png(make_image(40, 30, "noise", seed=1))
+    with pytest.raises(ValueError, match=r"could not decode .* as an image: .*truncated"):
+        load_image(png[: len(png) // 2])
+    with pytest.raises(ValueError, match=r"^images\[0\]: the image bytes are empty"):
+        load_image(b"")
+    with pytest.raises(ValueError, match=r"file object gave no bytes .*seek\(0\)"):
+        stream = io.BytesIO(png)
+        stream.read()
+        load_image(stream)
+    with pytest.raises(TypeError, match=r"text-mode file object.*'rb'"):
+        load_image(io.StringIO("not bytes"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://example.com/cat.jpg", "https://huggingface.co/x/resolve/main/a.png", "s3://bucket/a.png",
+     "gs://b/a.png", "hf://datasets/x/y/a.png", "ftp://h/a.png", "data:image/png;base64,iVBORw0KGgo="],
+)
+def test_urls_are_refused_without_network(url, monkeypatch):
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("load_image touched the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(ValueError, match=r"^images\[0\]: .* is a URL; dvtp reads local images only and never fetches "
+                                         r"URLs or hub images .*download the file first"):
+        load_image(url)
+
+
+def test_hub_names_get_a_hint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"no such file: 'lmms-lab/llava-bench/cat\.jpg'; if that is a Hugging Face "
+                                         r"Hub name: dvtp .*never fetches"):
+        load_image("lmms-lab/llava-bench/cat.jpg")
+    (tmp_path / "photos").mkdir()  # a local folder: a plain missing file
+    with pytest.raises(ValueError, match=r"no such file: 'photos/cat\.jpg'$"):
+        load_image("photos/cat.jpg")
+    (tmp_path / "photos" / "cat.png").write_bytes(_png(make_image(8, 8, "noise", seed=2)))
+    assert load_image("photos/cat.png").size == (8, 8)
+
+
+def test_process_images_takes_bytes(proc):
+    img = make_image(50, 40, "noise", seed=5)
+    a = proc.process_images([_png(img)])
+    b = proc.process_images([img])
+    assert torch.equal(a[0].pixel_values, b[0].pixel_values)
+    with pytest.raises(TypeError, match="images must be a list"):
+        proc.process_images(_png(img))
+    with pytest.raises(TypeError, match="images must be a list"):
+        proc.process_images(bytearray(_png(img)))
+
+
+def test_empty_question_rejected(proc):
+    for q in ("", "   ", "\n\t"):
+        with pytest.raises(ValueError, match=r"^questions: the question is empty or whitespace only"):
+            proc.prompt_ids(q, 1)

@@ -109,7 +109,10 @@ Tokenizer (all formats): ``tokenizer.json`` + ``tokenizer_config.json`` (+
 of ``<|mdm_mask|>`` (126336 for the 8B models). The chat template is the one in
 ``tokenizer_config.json`` (when absent the processor uses LLaDA's).
 
-Errors: a missing folder raises ``FileNotFoundError``; anything else that is not one of
+Errors: the arguments (``dtype``, ``device``, ``device_map``, ``progress``) are checked
+first, before the folder is opened: a device that is not usable here (``"cuda"`` on a
+CPU-only torch, ``"bogus"``) is a ``ValueError`` naming the argument and the usable
+devices. A missing folder raises ``FileNotFoundError``; anything else that is not one of
 these formats (no config.json, bad JSON, unknown ``model_type``, an unsupported field
 value, a shard named by the index that is absent, no weights, missing tokenizer files or
 special tokens) raises ``ValueError`` naming the folder, the field/file/key and what is
@@ -117,7 +120,11 @@ expected, before the model is built. The weight names and shapes are checked aga
 the model (built on the meta device) before any tensor is read, and transformers'
 loading report is checked again after ``from_pretrained``: a missing weight (which would
 be left randomly initialised), an unexpected tensor or a shape mismatch is a
-``ValueError`` listing the first keys in the checkpoint's own naming.
+``ValueError`` listing the first keys in the checkpoint's own naming. The stored dtypes
+(safetensors headers) are checked at the same time: a floating parameter may be stored as
+F16, BF16, F32 (mixed freely; converted to the load dtype) or F64; an integer, bool or
+8-bit float tensor, which transformers would cast silently, is a ``ValueError`` naming
+its file and key.
 """
 from __future__ import annotations
 

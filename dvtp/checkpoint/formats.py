@@ -70,6 +70,9 @@ _LLADA_TO_CHECKPOINT: dict[str, str] = {
 }
 
 _DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: the stored dtypes a floating-point parameter may be loaded from: transformers converts
+#: them to the load dtype (that is what ``dtype=`` is for); any other (I32, U8, BOOL,
+#: the F8 formats, ...) would be cast silently, so a checkpoint holding one is refused
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 _TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
 _SO400M_NAME = "google/siglip2-so400m-patch14-384"
@@ -193,7 +196,8 @@ class _Weights:
         from safetensors import safe_open
 
         self.shapes: dict[str, tuple[int, ...]] = {}
-        self.dtypes: dict[str, str] = {}
+        self.dtypes: dict[str, str] = {}  # safetensors dtype names ("F32", "BF16", "I32", ...)
+        self.files: dict[str, str] = {}  # key -> the file holding it
         self.index_only: set[str] = set()  # listed by the index, absent from their file
         path = folder.path
         single = path / "model.safetensors"
@@ -235,7 +239,7 @@ class _Weights:
             for key, (shape, dtype) in header.items():
                 if key in self.shapes:
                     raise folder.error(f"tensor {key!r} is stored twice (again in {name})")
-                self.shapes[key], self.dtypes[key] = shape, dtype
+                self.shapes[key], self.dtypes[key], self.files[key] = shape, dtype, name
             if listed is not None:
                 self.index_only |= listed - set(keys)
         if not self.shapes:

@@ -2,17 +2,21 @@
 against the model before and after transformers' ``from_pretrained``."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from typing import Any, Iterable, Mapping
 
 import torch
 
+from ..devices import resolve_device, usable_devices
 from .formats import (
     LLADA_KEY_MAPPING,
     LLADA_V_KEY_MAPPING,
     _Folder,
     _LLADA_TO_CHECKPOINT,
     _LLADA_V_TO_CHECKPOINT,
+    _SAFETENSORS_DTYPES,
     _SHOW,
     _Weights,
     _accelerate_available,
@@ -97,6 +101,39 @@ def _precheck(folder, cls, config, weights: _Weights, key_mapping, to_checkpoint
         mismatched=mismatched,
         index_only=weights.index_only,
     )
+    want_dtypes = {k: v.dtype for k, v in meta.state_dict().items()}
+    _check_stored_dtypes(folder, weights, {orig: want_dtypes[new] for new, orig in renamed.items()})
+
+
+def _check_stored_dtypes(folder, weights: _Weights, expected: Mapping[str, torch.dtype]) -> None:
+    """Every stored tensor's dtype (from the safetensors headers) must fit its parameter:
+    a floating parameter takes F16 / BF16 / F32 / F64 (converted to the load dtype, as
+    ``dtype=`` asks); anything else (I32, U8, BOOL, F8, ...) would be cast silently by
+    transformers, so it is an error naming the file, the key and the dtypes."""
+    bad = []
+    for key, want in expected.items():
+        stored = weights.dtypes[key]
+        if want.is_floating_point:
+            ok = stored in _SAFETENSORS_DTYPES
+        else:  # no such parameter in these models today; an exact match is the only safe rule
+            ok = _SAFETENSORS_DTYPES.get(stored) == want
+        if not ok:
+            bad.append((key, stored, want))
+    if not bad:
+        return
+    bad.sort()
+    names = {"I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool",
+             "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+    shown = ", ".join(
+        f"{k} (in {weights.files[k]}) is stored as {got}" + (f" ({names[got]})" if got in names else "")
+        for k, got, _ in bad[:_SHOW]
+    )
+    more = f", ... ({len(bad)} in all)" if len(bad) > _SHOW else f" ({len(bad)} in all)"
+    raise folder.error(
+        f"{len(bad)} tensor(s) are stored in a dtype their floating-point parameter cannot take: {shown}{more}; "
+        "expected F16, BF16 or F32 (float16, bfloat16, float32 may be mixed: dtype= converts them; F64 is also "
+        "read); an integer or 8-bit float tensor would be cast silently, so the checkpoint is refused"
+    )
 
 
 def _check_loading_info(folder, info: dict, weights: _Weights, key_mapping, to_checkpoint) -> None:
@@ -119,6 +156,78 @@ def _check_loading_info(folder, info: dict, weights: _Weights, key_mapping, to_c
         raise folder.error("transformers reported errors while loading the weights: " + "; ".join(map(str, errors)))
 
 
+# ----------------------------------------------------------------------------- arguments
+#: accelerate's placement strategies (a device_map that is not a device)
+_DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_device_map(device_map: Any) -> str | dict:
+    """``device_map`` checked before anything is read: a strategy name, one device (->
+    ``{"": device}``), or a dict of module name -> device. Devices go through
+    `dvtp.devices.resolve_device`, so an absent CUDA device is a ValueError naming
+    ``device_map`` and the devices usable here, not a raw torch error."""
+    if isinstance(device_map, str) and device_map in _DEVICE_MAP_STRATEGIES:
+        return device_map
+    if isinstance(device_map, (str, int, torch.device)) and not isinstance(device_map, bool):
+        try:
+            return {"": resolve_device(device_map, name="device_map")}
+        except ValueError as err:
+            if not str(err).startswith("device_map must be"):
+                raise  # a device, but not one usable here: that message says so
+    if isinstance(device_map, dict) and device_map:
+        out = {}
+        for key, value in device_map.items():
+            if not isinstance(key, str):
+                raise ValueError(f"device_map keys must be module names (str), got {key!r}")
+            # "disk" would need an offload folder, which load does not take
+            out[key] = resolve_device(value, name=f"device_map[{key!r}]")
+        return out
+    raise ValueError(
+        f"device_map must be one of {', '.join(map(repr, _DEVICE_MAP_STRATEGIES))}, a device ('cpu', 'cuda', "
+        f"'cuda:<index>'; usable here: {', '.join(map(repr, usable_devices()))}) or a dict of module name -> "
+        f"device, got {device_map!r}"
+    )
+
+
+def _check_progress(progress: Any) -> bool:
+    """``progress`` (None / True / False) -> whether transformers' loading bar is shown."""
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"progress must be None (a bar only on a terminal), True or False, got {progress!r}")
+    if progress is not None:
+        return progress
+    from transformers.utils import logging as hf_logging
+
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        tty = bool(isatty()) if isatty is not None else False
+    except (OSError, ValueError):  # a closed or detached stream
+        tty = False
+    # on a terminal the caller's global switch (disable_progress_bar) is respected
+    return tty and hf_logging.is_progress_bar_enabled()
+
+
+@contextlib.contextmanager
+def _progress_bars(show: bool):
+    """transformers' progress bars (its "Loading weights" bar) on or off inside the block,
+    with transformers' own switch; the previous setting (transformers' and the hub's,
+    which that switch also sets) is restored afterwards, whatever happens."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if was_on == show:
+        yield
+        return
+    hub_was_off = hub_utils.are_progress_bars_disabled()
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was_on else hf_logging.disable_progress_bar)()
+        if hub_utils.are_progress_bars_disabled() != hub_was_off:
+            (hub_utils.disable_progress_bars if hub_was_off else hub_utils.enable_progress_bars)()
+
+
 # ----------------------------------------------------------------------------- load
 def load(
     path: str | os.PathLike,
@@ -126,33 +235,50 @@ def load(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | int | None = None,
     device_map: str | dict | None = None,
+    progress: bool | None = None,
 ):
     """Load a LLaDA-V or LLaDA checkpoint folder (see the module docstring for the formats).
 
+    Every argument is checked, then config.json, the tokenizer and the weight names,
+    shapes and dtypes (from the safetensors headers), before any tensor is read.
+
     Args:
-        path: the local checkpoint folder.
+        path: the local checkpoint folder (never downloaded: dvtp reads local files only).
         dtype: None or "auto" = the checkpoint's (config.json ``torch_dtype``/``dtype``,
             else the dtype of the stored tensors); "float32", "bfloat16", "float16" or a
-            floating ``torch.dtype``.
-        device: put every weight on this device (loaded straight there when accelerate is
-            installed). Exclusive with ``device_map``.
-        device_map: transformers' ``device_map`` (e.g. "auto", "cpu", a dict); needs
+            floating ``torch.dtype``. Stored float16 / bfloat16 / float32 tensors are
+            converted to it; integer or 8-bit float tensors are refused.
+        device: put every weight on this device: "cpu", "cuda", "cuda:N", a CUDA index or
+            a ``torch.device`` (loaded straight there when accelerate is installed).
+            Exclusive with ``device_map``.
+        device_map: transformers' ``device_map``: "auto", "balanced", "balanced_low_0",
+            "sequential", one device, or a dict of module name -> device; needs
             accelerate.
+        progress: transformers' "Loading weights" bar on stderr: None (default) = only
+            when stderr is a terminal (and transformers' bars are not disabled globally);
+            True = always; False = never. transformers' setting is restored afterwards.
     Returns:
         `dvtp.vlm.model.LLaDAVForConditionalGeneration` (LLaDA-V) or `dvtp.models.LLaDALM`
         (LLaDA), in eval mode, with ``model.processor`` and ``model.config.mask_token_id``.
     Raises:
         FileNotFoundError: the folder does not exist.
-        ValueError: anything that is not a supported, complete checkpoint (the message
-            names the folder, the field/file/key and what is expected).
+        ValueError: a bad argument (naming it and what is accepted; a device that is not
+            usable here names the devices that are), or anything that is not a
+            supported, complete checkpoint (the message names the folder, the
+            field/file/key and what is expected).
     """
     torch_dtype = _check_dtype_arg(dtype)
     if device is not None and device_map is not None:
         raise ValueError(
             f"pass device or device_map, not both (got device={device!r}, device_map={device_map!r})"
         )
-    if device_map is not None and not _accelerate_available():
-        raise ImportError(f"device_map={device_map!r} needs accelerate: pip install accelerate")
+    target = resolve_device(device, name="device") if device is not None else None
+    if device_map is not None:
+        checked_map = _check_device_map(device_map)
+        if not _accelerate_available():
+            raise ImportError(f"device_map={device_map!r} needs accelerate: pip install accelerate")
+        device_map = checked_map
+    show_progress = _check_progress(progress)
     folder = _Folder(path)
     _model_type(folder)
     weights = _Weights(folder)
@@ -201,22 +327,23 @@ def load(
     move_to = None
     if device_map is not None:
         kwargs["device_map"] = device_map
-    elif device is not None:
+    elif target is not None:
         if _accelerate_available():
-            kwargs["device_map"] = {"": torch.device(device) if not isinstance(device, int) else device}
+            kwargs["device_map"] = {"": target}
         else:
-            move_to = device
-    model, info = cls.from_pretrained(
-        str(folder.path),
-        config=config,
-        key_mapping=key_mapping,
-        dtype=torch_dtype,
-        output_loading_info=True,
-        ignore_mismatched_sizes=True,  # report mismatches ourselves (below) instead of transformers' RuntimeError
-        use_safetensors=True,
-        local_files_only=True,
-        **kwargs,
-    )
+            move_to = target
+    with _progress_bars(show_progress):
+        model, info = cls.from_pretrained(
+            str(folder.path),
+            config=config,
+            key_mapping=key_mapping,
+            dtype=torch_dtype,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # report mismatches ourselves (below) instead of transformers' RuntimeError
+            use_safetensors=True,
+            local_files_only=True,
+            **kwargs,
+        )
     _check_loading_info(folder, info, weights, key_mapping, to_checkpoint)
     if move_to is not None:
         model = model.to(move_to)

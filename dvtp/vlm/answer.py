@@ -28,7 +28,7 @@ from ..sampler import GenerationOutput, generate
 from .processor import IMAGE_PLACEHOLDER
 from .packing import ImageLayout
 
-__all__ = ["answer", "prepare", "AnswerOutput", "MultimodalBatch", "ImageTokens"]
+__all__ = ["answer", "prepare", "AnswerOutput", "MultimodalBatch", "ImageTokens", "method_doc"]
 
 
 @dataclass
@@ -98,9 +98,21 @@ class AnswerOutput:
         return [None if k is None else int(k.numel()) for k in self.generation.kept_indices]
 
 
+def _describe(value) -> str:
+    """What a caller passed, briefly (for error messages): "a list of 3", "one Image"."""
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"one {type(value).__name__}"
+
+
 def _as_items(images, questions) -> tuple[list[list[Any]], list[str]]:
-    """Normalise (images, questions) into per-item image lists and question strings."""
+    """Normalise (images, questions) into per-item image lists and question strings.
+
+    Checks (before any image is read) that the questions are non-empty strings and that a
+    batch of B questions comes with B image entries."""
     if isinstance(questions, str):
+        if not questions.strip():
+            raise ValueError(f"questions is empty or whitespace only ({questions!r}); ask a question")
         if images is None:
             per_item = [[]]
         elif isinstance(images, (list, tuple)):
@@ -115,12 +127,16 @@ def _as_items(images, questions) -> tuple[list[list[Any]], list[str]]:
     for b, q in enumerate(questions):
         if not isinstance(q, str):
             raise TypeError(f"questions[{b}] must be a string, got {type(q).__name__}")
+        if not q.strip():
+            raise ValueError(
+                f"questions[{b}] is empty or whitespace only ({q!r}); every question of the batch must ask something"
+            )
     if images is None:
         return [[] for _ in questions], list(questions)
     if not isinstance(images, (list, tuple)) or len(images) != len(questions):
         raise ValueError(
             f"with {len(questions)} questions, images must be a list of {len(questions)} entries "
-            "(per question: None, one image, or a list of images)"
+            f"(per question: None, one image, or a list of images), got {_describe(images)}"
         )
     per_item = []
     for entry in images:
@@ -242,42 +258,99 @@ def answer(
     cache: str | None = None,
     refresh: str | int = "block",
     threshold: float | None = None,
+    factor: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> AnswerOutput:
-    """Answer questions about images with LLaDA-V (optionally pruning visual tokens).
+    """Answer questions about images with LLaDA-V, all in one batch, optionally pruning
+    visual tokens (RedVTP).
+
+    Every argument and image is checked before the vision tower runs; an error names the
+    argument (and the item of a batch) and what is accepted.
 
     Args:
         model: a `LLaDAVForConditionalGeneration` with ``model.processor`` set (from
             `dvtp.load` or `dvtp.vlm.tiny_llada_v`); a text-only LLaDA (`dvtp.load` of
-            an LLaDA-8B folder) answers text-only questions.
-        images: for ONE question: None, an image, or a list of images (several images in
-            one prompt); for a list of questions: a list with one such entry per question.
-            An image is a PIL image, a file path, or a uint8 ``[H, W]`` / ``[H, W, C]``
-            array or tensor (C = 1, 3, 4).
-        questions: a string or a list of strings. Without ``<image>`` in the text, one
+            an LLaDA-8B folder) answers text-only questions (``images=None``).
+        images: for ONE question (a string): None, an image, or a list of images (all in
+            that one prompt). For a list of B questions: a list of B entries, one per
+            question, each None, an image or a list of images. An image is
+            (see `dvtp.vlm.images.load_image`):
+            a ``PIL.Image.Image`` (any 8-bit mode: converted to RGB, alpha dropped);
+            a local file path (``str`` / ``os.PathLike``; a URL or hub name is refused:
+            dvtp never fetches anything, download the file first);
+            the bytes of an encoded image file (``bytes`` / ``bytearray`` /
+            ``memoryview``) or a binary file object (``io.BytesIO``, ``open(p, "rb")``);
+            a uint8 array or tensor ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` or
+            ``[H, W, 4]`` (channels last).
+        questions: a string, or a non-empty list of B strings (a batch); an empty or
+            whitespace-only question is refused. Without ``<image>`` in the text, one
             placeholder per image is put before the question (``"<image>\\n" + question``);
             with them, their count must equal the item's number of images.
         pruning: a `dvtp.PruningConfig`, or None (no pruning). An item's visual tokens are
             pruned jointly over all its images; text-only items are never pruned.
-        gen_length, steps, block_length: response length, denoising steps, block size
-            (``block_length=None``: one block). LLaDA-V's defaults are 128 / 128 / 128;
+        gen_length: response length in tokens; a multiple of ``block_length``.
+        steps: denoising steps in all (at most ``gen_length``), divisible by the number
+            of blocks.
+        block_length: semi-autoregressive block size; None = ``gen_length`` (one block).
+            LLaDA-V's defaults are 128 / 128 / 128 (gen_length / steps / block_length);
             its evaluations use e.g. 2/2/2 (multiple choice), 16/16/16 (ChartQA),
-            32/32/16 (DocVQA, InfoVQA), 96/96/48 (MathVista) as gen/block/steps.
+            32/16/32 (DocVQA, InfoVQA), 96/48/96 (MathVista) as gen_length / steps /
+            block_length.
+        temperature: 0.0 = greedy; > 0 samples (Gumbel noise on the logits).
+        remasking: "low_confidence" (commit the most confident predictions first) or
+            "random".
         stop: True (default, as LLaDA-V): generation of an item ends early once it holds
             ``<|eot_id|>`` (or ``<|endoftext|>``) and every mask before it is filled (see
-            docs/semantics.md); False: all ``steps`` run (same work for every setting,
-            e.g. for timing). The text is cut at the first stop token either way.
-        cache, refresh, threshold: Fast-dLLM's K/V cache ("prefix" / "dual") and parallel
-            decoding, as in `dvtp.generate` (they stack with ``pruning``).
-        temperature, remasking, generator, progress: as in `dvtp.generate`.
+            docs/semantics.md); False: all ``steps`` run (the same work for every
+            setting, e.g. for timing). The text is cut at the first stop token either way.
+        cache: None (every step runs the whole sequence), "prefix" or "dual": Fast-dLLM's
+            approximate K/V cache, as in `dvtp.generate` (it stacks with ``pruning``).
+        refresh: with a cache, when it is refilled: "block" (each block's first step) or
+            an int n (also every n-th step of a block).
+        threshold: None, or Fast-dLLM's parallel decoding: each step also commits every
+            masked position of the block whose confidence is at least ``threshold``.
+        factor: None, or Fast-dLLM's factor rule for parallel decoding, as in
+            `dvtp.generate`.
+        generator: a ``torch.Generator`` for ``temperature > 0`` / ``remasking="random"``
+            (None: torch's global RNG).
+        progress: a progress bar over the denoising steps on stderr.
 
     Returns:
-        `AnswerOutput`; every answer is cut at its first ``<|eot_id|>`` (or ``<|endoftext|>``).
+        `AnswerOutput`, B = the number of questions:
+
+        - ``texts``: B strings, each answer decoded up to its first ``<|eot_id|>`` /
+          ``<|endoftext|>``, special tokens skipped, whitespace stripped.
+        - ``sequences``: ``[B, gen_length]`` int64 on the model's device, the generated ids
+          (the mask id where an early stop left a position unfilled).
+        - ``images[b][i]``: `ImageTokens` of image i of item b (``[]`` for a text-only
+          item): ``span`` ``(start, length)`` of its visual tokens in the item's prompt;
+          ``layout`` (`dvtp.vlm.ImageLayout`: ``kinds()`` ``[length]`` int8 base / grid /
+          newline, ``boxes()`` ``[length, 4]`` float64 ``(x0, y0, x1, y1)`` pixels of the
+          original image); ``kept`` ``[k]`` int64 on CPU, ascending indices of its kept
+          tokens, ``importance`` ``[length]`` float32 on CPU, what they were ranked by,
+          and ``kept_boxes`` ``[k, 4]`` (all three None when the item was not pruned).
+        - ``prompt_lengths``: B ints, each prompt's length in tokens, visual tokens
+          included.
+        - ``visual_tokens`` / ``kept_counts``: B ints, visual tokens per item before / after
+          pruning (``kept_counts[b]`` None when item b was not pruned).
+        - ``tokens_per_step``: tokens each forward ran on (padded batch), one per step.
+        - ``generation``: the sampler's `dvtp.GenerationOutput` (``num_forwards``,
+          ``step_times``, ``kept_indices`` per item over all its images, ``importance``,
+          ``seq_len_before`` / ``seq_len_after``, ``backends``, ``scoring_time``, ...).
+        - ``timings``: seconds in ``"preprocess"`` (images and prompts), ``"vision"``
+          (tower + projector + splice), ``"generate"`` and ``"total"``.
+
+    Raises:
+        ValueError / TypeError: a bad argument, question or image (naming it and, in a
+            batch, its item), before any forward.
     """
     from ..sampler import check_generation_args, check_model
 
     t_start = time.perf_counter()
+    # passed on only when given: the sampler's ``factor`` is newer than the other
+    # arguments, and None is its default anyway
+    factor_arg = {} if factor is None else {"factor": factor}
     check_model(model)
     batch = prepare(
         model,
@@ -294,6 +367,7 @@ def answer(
             cache=cache,
             refresh=refresh,
             threshold=threshold,
+            **factor_arg,
         ),
     )
     processor = model.processor
@@ -312,6 +386,7 @@ def answer(
         cache=cache,
         refresh=refresh,
         threshold=threshold,
+        **factor_arg,
         stop_tokens=processor.stop_ids if stop else None,
         suppress_tokens=processor.suppressed_ids,
         generator=generator,
@@ -342,3 +417,19 @@ def answer(
             "total": time.perf_counter() - t_start,
         },
     )
+
+
+def method_doc(doc: str) -> str:
+    """``doc`` (the docstring of a function taking the model first, like `answer`) without
+    its ``model:`` argument entry: the docstring of the same function as a model method
+    (``model.answer``), so that both are written once."""
+    lines = doc.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.lstrip().startswith("model: ")]
+    if len(starts) != 1:
+        raise ValueError("the docstring must document its model argument exactly once ('model: ...')")
+    start = starts[0]
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    end = start + 1
+    while end < len(lines) and len(lines[end]) - len(lines[end].lstrip()) > indent:
+        end += 1  # the entry's continuation lines
+    return "\n".join(lines[:start] + lines[end:])

@@ -1,10 +1,15 @@
 """Loading and validating the images LLaDA-V is given.
 
-:func:`load_image` turns whatever a caller passes as an image (a PIL image, a path, a uint8
-array or tensor) into an 8-bit RGB ``PIL.Image.Image``, or raises a ``ValueError`` /
-``TypeError`` that names the argument and says what is accepted. Failures of PIL (missing
-file, truncated or corrupt data) are reported as ``ValueError`` with PIL's own message
-included, not as a raw PIL traceback.
+:func:`load_image` turns whatever a caller passes as an image (a PIL image, a local path, the
+bytes of an encoded image file or a binary file object, a uint8 array or tensor) into an
+8-bit RGB ``PIL.Image.Image``, or raises a ``ValueError`` / ``TypeError`` that names the
+argument and says what is accepted. Failures of PIL (missing file, truncated or corrupt
+data) are reported as ``ValueError`` with PIL's own message included, not as a raw PIL
+traceback.
+
+- **Local data only.** dvtp never touches the network: a URL (``http://``, ``https://``,
+  ``s3://``, ...) or a Hugging Face Hub reference is refused with a message saying so;
+  download the file first and pass its path (or its bytes).
 
 Deliberate behaviours, matching how LLaDA-V is used:
 
@@ -24,17 +29,31 @@ Deliberate behaviours, matching how LLaDA-V is used:
 
 from __future__ import annotations
 
+import io
 import os
+import re
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 __all__ = ["load_image", "synthetic_photo"]
 
 _ACCEPTED = (
-    "a PIL.Image.Image, a path (str or os.PathLike), or a uint8 numpy array / torch tensor "
-    "shaped [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] (channels last)"
+    "a PIL.Image.Image, a local file path (str or os.PathLike), the bytes of an encoded image file "
+    "(bytes, bytearray, memoryview, or a binary file object such as io.BytesIO or open(path, 'rb')), "
+    "or a uint8 numpy array / torch tensor shaped [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] "
+    "(channels last)"
+)
+
+# "scheme://..." (http, https, s3, gs, hf, ftp, file, ...) and "data:" URIs
+_URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*://|data:)")
+# what a Hugging Face Hub reference looks like: "owner/name" or "owner/name/file.jpg",
+# relative, no "./" or "../"
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(?:/[^/]+)*$")
+_LOCAL_ONLY = (
+    "dvtp reads local images only and never fetches URLs or hub images (no network access): "
+    "download the file first and pass its local path (or its bytes)"
 )
 
 
@@ -45,18 +64,27 @@ def load_image(image: Any, *, name: str = "images[0]") -> Image.Image:
       - a ``PIL.Image.Image`` in any 8-bit mode (``RGB`` is returned as is; ``L``, ``LA``,
         ``P``, ``PA``, ``RGBA``, ``RGBa``, ``La``, ``RGBX``, ``CMYK``, ``YCbCr``, ``1``, ``HSV``,
         ``LAB`` are converted to RGB, alpha dropped);
-      - a path (``str`` / ``os.PathLike``): opened and fully decoded here;
+      - a local file path (``str`` / ``os.PathLike``): opened and fully decoded here. A
+        URL (``http://``, ``https://``, ``s3://``, ...) or a hub name is refused: dvtp
+        does not fetch anything;
+      - an encoded image file (PNG, JPEG, WebP, ... whatever PIL reads) as ``bytes``,
+        ``bytearray`` or ``memoryview``, or as a binary file object (``io.BytesIO``,
+        ``open(path, "rb")``; read from its current position, not closed here);
       - a ``numpy.ndarray`` or ``torch.Tensor`` of dtype uint8 shaped ``[H, W]`` (grey),
         ``[H, W, 1]`` (grey), ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA, alpha dropped).
 
-    Raises ``ValueError`` (bad file, unsupported mode or bit depth, zero width or height,
-    wrong array shape) or ``TypeError`` (unsupported type or dtype); every message starts
-    with ``name``.
+    Raises ``ValueError`` (missing file, URL, undecodable bytes, unsupported mode or bit
+    depth, zero width or height, wrong array shape) or ``TypeError`` (unsupported type or
+    dtype, a text-mode file); every message starts with ``name``.
     """
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image, name, source=None)
     if isinstance(image, (str, os.PathLike)):
         return _open_path(image, name)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _open_bytes(bytes(image), name)
+    if callable(getattr(image, "read", None)):
+        return _open_file_object(image, name)
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image, name, kind="numpy array")
     try:
@@ -75,7 +103,15 @@ def load_image(image: Any, *, name: str = "images[0]") -> Image.Image:
 
 def _open_path(path: str | os.PathLike, name: str) -> Image.Image:
     shown = os.fspath(path)
+    if isinstance(shown, bytes):  # os.PathLike may give bytes
+        shown = os.fsdecode(shown)
     if not os.path.exists(shown):
+        if _URL.match(shown):
+            raise ValueError(f"{name}: {shown!r} is a URL; {_LOCAL_ONLY}")
+        if _HUB_NAME.match(shown) and not os.path.isdir(shown.split("/", 1)[0]):
+            raise ValueError(
+                f"{name}: no such file: {shown!r}; if that is a Hugging Face Hub name: {_LOCAL_ONLY}"
+            )
         raise ValueError(f"{name}: no such file: {shown!r}")
     if os.path.isdir(shown):
         raise ValueError(f"{name}: {shown!r} is a directory, not an image file")
@@ -92,6 +128,60 @@ def _open_path(path: str | os.PathLike, name: str) -> Image.Image:
         ) from None
     with img:
         return _pil_to_rgb(img, name, source=shown, copy=True)
+
+
+def _decode(fp, name: str, what: str) -> Image.Image:
+    """Open and fully decode an encoded image from the binary file object ``fp``."""
+    img = None
+    try:
+        img = Image.open(fp)
+        img.load()
+    except Exception as exc:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
+        if img is not None:
+            img.close()
+        # PIL's message for an unknown format only names our in-memory buffer
+        why = (
+            "no image format PIL reads recognises it"
+            if isinstance(exc, UnidentifiedImageError)
+            else f"{type(exc).__name__}: {exc}"
+        )
+        raise ValueError(
+            f"{name}: could not decode {what} as an image: {why} "
+            "(expected the complete contents of an image file: PNG, JPEG, ...)"
+        ) from None
+    with img:
+        return _pil_to_rgb(img, name, source=None, copy=True)
+
+
+def _open_bytes(data: bytes, name: str) -> Image.Image:
+    if not data:
+        raise ValueError(f"{name}: the image bytes are empty (expected the contents of an image file)")
+    head = data[:16]
+    return _decode(io.BytesIO(data), name, f"the {len(data)} bytes given (starting {head!r})")
+
+
+def _open_file_object(fp: Any, name: str) -> Image.Image:
+    mode = getattr(fp, "mode", None)
+    if isinstance(fp, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
+        raise TypeError(f"{name}: a text-mode file object; open the image file in binary mode ('rb')")
+    # read it all here, so that PIL never holds on to the caller's file
+    try:
+        data = fp.read()
+    except Exception as exc:
+        raise ValueError(f"{name}: could not read the file object: {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"{name}: the file object's read() gave {type(data).__name__}, not bytes; open the image file in "
+            "binary mode ('rb')"
+        )
+    data = bytes(data)
+    if not data:
+        raise ValueError(
+            f"{name}: the file object gave no bytes (empty, or already read to its end: seek(0) first?)"
+        )
+    source = getattr(fp, "name", None)
+    what = f"the file object {source!r}" if isinstance(source, str) else f"the {len(data)} bytes read from the file object"
+    return _decode(io.BytesIO(data), name, what)
 
 
 def _describe_wide_mode(mode: str) -> str | None:

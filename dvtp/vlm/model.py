@@ -26,7 +26,10 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
     LlavaOnevisionPreTrainedModel,
 )
 
+from ..config import PruningConfig
 from ..models import StrictFromPretrained, make_bidirectional
+from .answer import AnswerOutput, method_doc
+from .answer import answer as _answer
 from .packing import ImageLayout, image_layout, pack_image
 
 __all__ = ["LLaDAVModel", "LLaDAVForConditionalGeneration"]
@@ -117,8 +120,46 @@ class LLaDAVForConditionalGeneration(StrictFromPretrained, LlavaOnevisionForCond
             out.append(pack_image(feats, self.model.layout(size, anyres=is_anyres), newline).to(lm_dtype))
         return out
 
-    def answer(self, images, questions, **kwargs):
-        """Answer questions about images; see `dvtp.vlm.answer.answer`."""
-        from .answer import answer
+    # The signature is spelled out (for help(), IDEs and type checkers) and must equal
+    # dvtp.vlm.answer.answer's after its model argument: tests/test_vlm_answer.py checks
+    # that they have the same parameters, kinds, defaults and annotations. The docstring
+    # is answer's own, less its model entry, so it is written once.
+    def answer(
+        self,
+        images,
+        questions: str | Sequence[str],
+        *,
+        pruning: PruningConfig | None = None,
+        gen_length: int = 128,
+        steps: int = 128,
+        block_length: int | None = None,
+        temperature: float = 0.0,
+        remasking: str = "low_confidence",
+        stop: bool = True,
+        cache: str | None = None,
+        refresh: str | int = "block",
+        threshold: float | None = None,
+        factor: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> AnswerOutput:
+        return _answer(
+            self,
+            images,
+            questions,
+            pruning=pruning,
+            gen_length=gen_length,
+            steps=steps,
+            block_length=block_length,
+            temperature=temperature,
+            remasking=remasking,
+            stop=stop,
+            cache=cache,
+            refresh=refresh,
+            threshold=threshold,
+            factor=factor,
+            generator=generator,
+            progress=progress,
+        )
 
-        return answer(self, images, questions, **kwargs)
+    answer.__doc__ = method_doc(_answer.__doc__)

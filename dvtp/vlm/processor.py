@@ -241,6 +241,9 @@ class LLaDAVProcessor:
             raise TypeError(
                 f"questions: each question must be a str, got {type(question).__name__}"
             )
+        if not question.strip():
+            # an empty prompt would still "answer" (noise conditioned on the image alone)
+            raise ValueError(f"questions: the question is empty or whitespace only ({question!r})")
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
             raise ValueError(f"num_images must be an int >= 0, got {num_images!r}")
         placed = question.count(IMAGE_TOKEN)
@@ -311,12 +314,13 @@ class LLaDAVProcessor:
         """Views of ONE prompt's images, as LLaDA-V computes them.
 
         ``images``: a list of images accepted by :func:`dvtp.vlm.images.load_image` (PIL
-        images, paths, uint8 ``[H, W(, C)]`` arrays / tensors). One image: anyres views,
+        images, local paths, encoded image bytes / binary file objects, uint8 ``[H, W(, C)]``
+        arrays / tensors). One image: anyres views,
         ``pixel_values [1 + rows * cols, 3, S, S]``. Two or more: pad mode, each
         ``pixel_values [1, 3, S, S]``. An empty list gives ``[]``. Returns one
         :class:`ProcessedImage` per image, in order.
         """
-        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+        if isinstance(images, (str, bytes, bytearray, memoryview)) or not isinstance(images, Sequence):
             raise TypeError(
                 f"images must be a list of the images of one prompt, got {type(images).__name__}"
             )
