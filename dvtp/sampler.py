@@ -105,7 +105,7 @@ def _full_forward(model, state: SequenceState, cache: DiffusionCache | None, row
     with cache.fill() if cache is not None else contextlib.nullcontext():
         return model(
             inputs_embeds=state.embeds, attention_mask=state.layout.attention_mask,
-            position_ids=state.position_ids, past_key_values=cache, logits_to_keep=rows, use_cache=False,
+            position_ids=state.position_ids, cache=cache, logits_to_keep=rows, use_cache=False,
         ).logits
 
 
@@ -116,7 +116,7 @@ def _cached_forward(model, state: SequenceState, cache: DiffusionCache, window: 
     cache.read_rows(window.cached)
     return model(
         inputs_embeds=embeds, attention_mask=window.key_valid, position_ids=positions,
-        past_key_values=cache, logits_to_keep=window.logit_rows, use_cache=False,
+        cache=cache, logits_to_keep=window.logit_rows, use_cache=False,
     ).logits
 
 
