@@ -29,6 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .attention import attention_modules
+from .config import LLADA_SUPPRESSED_IDS
 
 __all__ = [
     "StrictFromPretrained",
@@ -48,8 +49,6 @@ __all__ = [
 
 LLADA_MASK_ID = 126336
 DREAM_MASK_ID = 151666
-#: ids the LLaDA sampler never predicts at masked positions (logits set to -inf).
-LLADA_SUPPRESSED_IDS = (126081, 126080, 126346, 126347)
 
 
 def make_bidirectional(model: torch.nn.Module) -> torch.nn.Module:
