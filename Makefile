@@ -7,7 +7,7 @@ TORCH_PIN   := 2.13.0
 TRITON_PIN  := 3.7.1
 # A local CPU wheel of torch (this project's machines keep one in /opt/wheels).
 WHEELS      ?= /opt/wheels
-DEPS        := triton==$(TRITON_PIN) numpy transformers tokenizers safetensors pillow accelerate tqdm click rich matplotlib pytest pytest-benchmark hypothesis ninja pybind11 setuptools wheel
+DEPS        := triton==$(TRITON_PIN) numpy "transformers>=5.24,<5.40" tokenizers safetensors pillow accelerate tqdm click rich matplotlib pytest pytest-benchmark hypothesis ninja pybind11 setuptools wheel
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 PYTEST_ARGS ?=
 export MAX_JOBS ?= 2

@@ -6,7 +6,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Iterable
 
-__all__ = ["PruningConfig"]
+__all__ = ["PruningConfig", "LLADA_SUPPRESSED_IDS"]
 
 
 def _is_int(value) -> bool:
@@ -110,3 +110,9 @@ class PruningConfig:
         from .policies import get_policy
 
         return get_policy(self.policy).needs_scores
+
+
+#: ids the LLaDA sampler never predicts at masked positions (logits set to -inf); here, not
+#: in `dvtp.models`, so the sampler's argument checks need no model module
+#: (re-exported as `dvtp.models.LLADA_SUPPRESSED_IDS`).
+LLADA_SUPPRESSED_IDS = (126081, 126080, 126346, 126347)

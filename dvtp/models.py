@@ -7,7 +7,7 @@
   a `transformers.Qwen2ForCausalLM` subclass that applies the shift in ``forward`` so its
   ``logits[:, i]`` always predicts token i (what the sampler wants).
 
-How the causal mask is removed (transformers 5.23; setting ``self_attn.is_causal = False``
+How the causal mask is removed (transformers 5.24 - 5.39; setting ``self_attn.is_causal = False``
 alone is not enough because ``LlamaModel`` still builds a causal mask):
 
 1. ``config.is_causal = False`` makes ``create_causal_mask`` defer to
@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .attention import attention_modules
+from .config import LLADA_SUPPRESSED_IDS
 
 __all__ = [
     "StrictFromPretrained",
@@ -47,8 +49,6 @@ __all__ = [
 
 LLADA_MASK_ID = 126336
 DREAM_MASK_ID = 151666
-#: ids the LLaDA sampler never predicts at masked positions (logits set to -inf).
-LLADA_SUPPRESSED_IDS = (126081, 126080, 126346, 126347)
 
 
 def make_bidirectional(model: torch.nn.Module) -> torch.nn.Module:
@@ -147,12 +147,16 @@ class DreamLM(StrictFromPretrained, Qwen2ForCausalLM):
         super().__init__(config)
         make_bidirectional(self)
 
+    # the parent's forward takes the cache as ``cache=`` (transformers >= 5.24) and still
+    # maps ``past_key_values=`` to it with a FutureWarning: do the same here, so the warning
+    # names the caller that used the old name rather than this override
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         labels=None,
         use_cache=None,
@@ -172,7 +176,7 @@ class DreamLM(StrictFromPretrained, Qwen2ForCausalLM):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             logits_to_keep=keep,

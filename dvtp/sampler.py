@@ -18,9 +18,10 @@ the whole sequence (filling the cache); the others run the current block (prefix
 what follows it) against the cached K/V, which pruning compacts too.
 
 Host synchronisation inside the loop: none per step, except one per step with a
-``threshold`` (is the block done?) and one at the pruning step (the pruned lengths fix the
-next shapes). Stop tokens end the loop through a flag read without blocking
-(`dvtp.generation.stopping.HostFlag`).
+``threshold`` or ``factor`` (is the block done?) and one at the pruning step (the pruned
+lengths fix the next shapes). Stop tokens end the loop through a flag read without blocking
+(`dvtp.generation.stopping.HostFlag`). Non-finite logits are recorded on the device every
+step and read only at those syncs and once after the loop (`dvtp.generation.health`).
 """
 from __future__ import annotations
 
@@ -34,16 +35,21 @@ from .attention import attention_modules, patched
 from .batching import resolve_prompt
 from .config import PruningConfig
 from .generation.denoise import Denoiser, num_transfer_tokens
+from .generation.health import FiniteWatch, NonFiniteLogitsError
 from .generation.kv_cache import DiffusionCache
 from .generation.output import GenerationOutput
 from .generation.pruning import prune, scoring_forward
-from .generation.request import GenerationRequest, check_generation_args, check_model, resolve_request
+from .generation.request import (
+    GenerationRequest, check_generation_args, check_model, check_positions, resolve_request,
+)
 from .generation.state import SequenceState
 from .generation.stopping import Stopping
 from .policies import get_policy
 from .spans import SpanGeometry, resolve_visual_spans
 
-__all__ = ["generate", "GenerationOutput", "check_generation_args", "check_model", "num_transfer_tokens"]
+__all__ = [
+    "generate", "GenerationOutput", "NonFiniteLogitsError", "check_generation_args", "check_model", "num_transfer_tokens",
+]
 
 
 class _StepClock:
@@ -105,7 +111,7 @@ def _full_forward(model, state: SequenceState, cache: DiffusionCache | None, row
     with cache.fill() if cache is not None else contextlib.nullcontext():
         return model(
             inputs_embeds=state.embeds, attention_mask=state.layout.attention_mask,
-            position_ids=state.position_ids, past_key_values=cache, logits_to_keep=rows, use_cache=False,
+            position_ids=state.position_ids, cache=cache, logits_to_keep=rows, use_cache=False,
         ).logits
 
 
@@ -116,7 +122,7 @@ def _cached_forward(model, state: SequenceState, cache: DiffusionCache, window: 
     cache.read_rows(window.cached)
     return model(
         inputs_embeds=embeds, attention_mask=window.key_valid, position_ids=positions,
-        past_key_values=cache, logits_to_keep=window.logit_rows, use_cache=False,
+        cache=cache, logits_to_keep=window.logit_rows, use_cache=False,
     ).logits
 
 
@@ -139,6 +145,7 @@ def generate(
     cache: str | None = None,
     refresh: str | int = "block",
     threshold: float | None = None,
+    factor: float | None = None,
     stop_tokens: int | Iterable[int] | None = None,
     suppress_tokens: str | Sequence[int] | None = "llada",
     generator: torch.Generator | None = None,
@@ -189,11 +196,19 @@ def generate(
             (renumbered positions, the default), see docs/semantics.md.
         refresh: with a cache, when to refill it: "block" (each block's first step) or an
             int n (each block's first step and every n-th step of a block).
-        threshold: None, or Fast-dLLM's parallel decoding: each step also transfers every
-            masked position of the block whose confidence is at least ``threshold``, and a
-            block ends as soon as it holds no mask (``forwards_per_block``). The schedule's
-            count stays the minimum per step (one per step when ``steps == gen_length``).
-        stop_tokens: id(s), with LLaDA-V's stopping: once an item's response holds one,
+        threshold: None, or Fast-dLLM's confidence threshold (its ``get_transfer_index``):
+            each step also transfers every masked position of the block whose confidence is
+            at least ``threshold``, and a block ends as soon as it holds no mask
+            (``forwards_per_block``). The schedule's count stays the minimum per step (one
+            per step when ``steps == gen_length``).
+        factor: None, or Fast-dLLM's factor rule (its ``get_transfer_index_dynamic``; what
+            LLaDA-V's Fast-dLLM hook applies to its ``threshold`` argument): each step
+            transfers the n most confident masked positions of the block, n the length of
+            the run of ranked confidences with the n-th at least ``1 - factor / (n + 1)``
+            (at least one; see docs/semantics.md for the published loop's edge case), and
+            at least the schedule's count; a block ends as soon as it holds no mask. Not
+            together with ``threshold``.
+        stop_tokens: id(s) in ``[0, vocab_size)``, with LLaDA-V's stopping: once an item's response holds one,
             only the masks before its first stop token are filled, and the item is done
             when none is left (or generation has moved past that token's block);
             generation ends when every item is done (``stopped_early``; on CUDA the
@@ -207,6 +222,13 @@ def generate(
 
     Returns:
         `GenerationOutput`.
+
+    Raises:
+        ValueError / TypeError: a bad argument (before any forward), including a prompt whose
+            length (in a batch: the longest) plus ``gen_length`` exceeds the model's
+            ``max_position_embeddings``.
+        NonFiniteLogitsError: the model produced NaN/inf logits (raised at the pruning step,
+            before selection; at a threshold/factor step's check; or after the last step).
     """
     check_model(model)
     prompt = resolve_prompt(
@@ -217,8 +239,9 @@ def generate(
         model, device, gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
         remasking=remasking, mask_id=mask_id, pruning=pruning, stop_tokens=stop_tokens,
         suppress_tokens=suppress_tokens, generator=generator, cache=cache, refresh=refresh, threshold=threshold,
-        progress=progress,
+        factor=factor, progress=progress,
     )
+    check_positions(model, prompt.lengths, req.gen_length)
     geometry = SpanGeometry.from_spans(resolve_visual_spans(visual_span, prompt.lengths))
     will_prune = req.pruning is not None and max(geometry.key_len) > 0
     policy = get_policy(req.pruning.policy) if will_prune else None
@@ -230,6 +253,7 @@ def generate(
         keep_positions=will_prune and not req.pruning.renumber_positions,
     )
     denoiser = Denoiser(req, device)
+    watch = FiniteWatch(device)
     stopping = Stopping(req.stop_ids, len(prompt.lengths), G, req.mask_id, device) if req.stop_ids else None
     kv = DiffusionCache(len(attention_modules(model))) if req.cache else None
     out = GenerationOutput(
@@ -253,8 +277,14 @@ def generate(
                 if stopping is not None and stopping.done:
                     finished = True
                     break
-                if req.threshold is not None and step > 0 and not bool(denoiser.candidates(state.resp[:, bs:be], limit).any()):
-                    break  # threshold decoding emptied the block (the one sync per step it costs)
+                if req.parallel and step > 0:
+                    # did parallel decoding empty the block? (the one sync per step it costs,
+                    # which also brings the non-finite-logits record at no extra cost)
+                    more = denoiser.candidates(state.resp[:, bs:be], limit).any().to(torch.int64)
+                    more, first_bad = torch.stack([more, watch.first]).tolist()
+                    watch.raise_if_bad(first_bad)
+                    if not more:
+                        break
                 with torch.profiler.record_function("dvtp.step"):  # what tests/test_sampler_cache.py profiles
                     # forward: the whole sequence (refilling the cache, if any), or the active tokens
                     scoring = (block, step) == prune_at
@@ -278,7 +308,10 @@ def generate(
 
                     # denoise the block
                     masked_before = state.resp == req.mask_id if scoring else None
-                    transfer, state.resp[:, bs:be] = denoiser.step(logits, state.resp[:, bs:be], transfers[:, step], limit)
+                    transfer, state.resp[:, bs:be] = denoiser.step(
+                        logits, state.resp[:, bs:be], transfers[:, step], limit,
+                        observe=lambda top: watch.observe(top, block, step),
+                    )
                     state.write_response(bs, be)
                     if stopping is not None:
                         stopping.update(state.resp)
@@ -286,6 +319,7 @@ def generate(
                     # pruning hook: the published scoring rows (docs/semantics.md) are the response
                     # rows masked before this step and not transferred by it
                     if scoring:
+                        watch.check()  # NaN scores would fail the selection with a kernel's message
                         masked_before[:, bs:be] &= ~transfer
                         out.prune_events.append(
                             prune(state, kv, scored, masked_before, geometry, req.pruning, policy, global_step)
@@ -297,6 +331,7 @@ def generate(
                     bar.update(1)
             if finished:
                 break
+    watch.check()
     out.stopped_early = finished
     out.step_times = clock.durations()
     out.sequences = state.resp

@@ -388,7 +388,7 @@ def test_mask_prediction_stays_masked():
     resp = torch.full((1, G), 5)
     request = GenerationRequest(
         gen_length=G, steps=2, block_length=G, temperature=0.0, remasking="low_confidence", mask_id=5,
-        pruning=None, stop_ids=(), suppressed=(), cache=None, refresh="block", threshold=None,
+        pruning=None, stop_ids=(), suppressed=(), cache=None, refresh="block", threshold=None, factor=None,
         generator=None, progress=False, shift=0,
     )
     transfer, new = Denoiser(request, torch.device("cpu")).step(logits, resp, torch.tensor([2]), None)

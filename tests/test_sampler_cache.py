@@ -107,7 +107,7 @@ def reference_cached_generate(model, prompt, *, gen_length, steps, block_length,
                 N = x.shape[1]
                 if step == 0 or (refresh != "block" and step % refresh == 0):
                     cache = DynamicCache()
-                    logits = model(inputs_embeds=x, past_key_values=cache, use_cache=True).logits[0, P + lo : P + hi]
+                    logits = model(inputs_embeds=x, cache=cache, use_cache=True).logits[0, P + lo : P + hi]
                     full_kv = [(layer.keys, layer.values) for layer in cache.layers]
                 else:
                     a0 = P + lo - shift
@@ -116,7 +116,7 @@ def reference_cached_generate(model, prompt, *, gen_length, steps, block_length,
                     for i, (k, v) in enumerate(full_kv):  # every cached row but the active ones
                         cache.update(torch.cat([k[:, :, :a0], k[:, :, a1:]], 2), torch.cat([v[:, :, :a0], v[:, :, a1:]], 2), i)
                     pos = torch.arange(a0, a1).unsqueeze(0)
-                    logits = model(inputs_embeds=x[:, a0:a1], position_ids=pos, past_key_values=cache, use_cache=True).logits
+                    logits = model(inputs_embeds=x[:, a0:a1], position_ids=pos, cache=cache, use_cache=True).logits
                     logits = logits[0, shift : shift + L]
                 resp[lo:hi] = _denoise64(logits, resp[lo:hi], schedule[step], mask_id)
     return resp

@@ -154,3 +154,60 @@ def test_synthetic_photo_is_width_first():
     assert load_image(photo).size == (300, 200)
     with pytest.raises(TypeError):  # the seed is keyword-only: a third positional int is a mistake
         synthetic_photo(300, 200, 1)
+
+
+def _counted_tiny(**overrides):
+    from dvtp import models
+
+    model = models.llada_lm(models.tiny_llada_config(**overrides), seed=0)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    return model, calls
+
+
+@pytest.mark.parametrize("stop_tokens, bad", [(10**6, "1000000"), ([3, 128], "128"), ([-1], "-1")])
+def test_stop_token_outside_the_vocabulary_is_refused(stop_tokens, bad):
+    """An id the model can never produce would never stop anything: refused before any forward."""
+    import dvtp
+
+    model, calls = _counted_tiny()
+    with pytest.raises(ValueError, match=rf"stop_tokens must be ids in the vocabulary \[0, vocab_size=128\), got {bad}"):
+        dvtp.generate(model, torch.zeros(1, 6, dtype=torch.long), gen_length=4, steps=4, mask_id=127,
+                      stop_tokens=stop_tokens)
+    assert calls == []
+
+
+@pytest.mark.parametrize("pruning", [None, "renumbered", "original-positions"])
+def test_sequence_longer_than_the_position_range_is_refused(pruning):
+    """prompt + gen_length > max_position_embeddings: refused before any forward, naming the
+    lengths and the limit; the unpruned length counts (pruning comes after the first steps),
+    and in a ragged batch the longest item."""
+    import dvtp
+    from dvtp.config import PruningConfig
+
+    model, calls = _counted_tiny(max_position_embeddings=40)
+    cfg = None if pruning is None else PruningConfig(keep_ratio=0.25, renumber_positions=pruning == "renumbered")
+    prompts = [torch.zeros(20, dtype=torch.long), torch.zeros(30, dtype=torch.long)]
+    with pytest.raises(ValueError, match=r"the longest prompt of the batch \(item 1\) has 30 tokens; with gen_length=16 "
+                                         r"the sequence needs 46 positions, more than the model's "
+                                         r"max_position_embeddings=40"):
+        dvtp.generate(model, prompts, gen_length=16, steps=16, mask_id=127, pruning=cfg,
+                      visual_span=[(2, 10), (2, 20)])
+    with pytest.raises(ValueError, match=r"the prompt has 25 tokens; .* 41 positions"):
+        dvtp.generate(model, torch.zeros(1, 25, dtype=torch.long), gen_length=16, steps=16, mask_id=127)
+    assert calls == []
+    out = dvtp.generate(model, torch.zeros(1, 24, dtype=torch.long), gen_length=16, steps=16, mask_id=127)
+    assert out.num_forwards == 16  # exactly at the limit runs
+
+
+def test_position_limit_of_a_vlm_is_its_language_models():
+    """A VLM config keeps the limit in its text config."""
+    from transformers import LlavaOnevisionConfig
+
+    from dvtp.generation.request import max_positions
+    from dvtp.models import tiny_llada_config
+
+    class Stub:
+        config = LlavaOnevisionConfig(text_config=tiny_llada_config(max_position_embeddings=123).to_dict())
+
+    assert max_positions(Stub()) == 123

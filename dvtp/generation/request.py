@@ -13,10 +13,12 @@ from typing import Mapping
 
 import torch
 
-from ..config import PruningConfig
-from ..models import LLADA_SUPPRESSED_IDS
+from ..config import LLADA_SUPPRESSED_IDS, PruningConfig
 
-__all__ = ["ArgumentNames", "GenerationRequest", "check_generation_args", "check_model", "resolve_request", "CACHE_MODES"]
+__all__ = [
+    "ArgumentNames", "GenerationRequest", "check_generation_args", "check_model", "check_positions", "max_positions",
+    "resolve_request", "CACHE_MODES",
+]
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = (None, "prefix", "dual")
@@ -31,7 +33,7 @@ class ArgumentNames:
 
     The library names its arguments (``gen_length=7``); the command line names its options
     (``--gen-length 7``). ``names`` maps an argument (``gen_length``, ``steps``,
-    ``block_length``, ``temperature``, ``cache``, ``refresh``, ``threshold``,
+    ``block_length``, ``temperature``, ``cache``, ``refresh``, ``threshold``, ``factor``,
     ``pruning.keep_ratio``, ``pruning.prune_step``, ...) to the caller's name for it; a name
     starting with ``--`` is shown as ``--option value``, any other as ``name=value``.
     """
@@ -61,7 +63,8 @@ class GenerationRequest:
 
     ``steps_per_block`` = ``steps // num_blocks``; ``refresh`` is "block" or an int >= 1;
     ``suppressed`` and ``stop_ids`` are sorted / ordered id tuples; ``shift`` is the
-    model's logit shift (1 for Dream: ``logits[:, i]`` comes from position ``i - 1``).
+    model's logit shift (1 for Dream: ``logits[:, i]`` comes from position ``i - 1``);
+    at most one of ``threshold`` / ``factor`` is set.
     """
 
     gen_length: int
@@ -76,6 +79,7 @@ class GenerationRequest:
     cache: str | None
     refresh: str | int
     threshold: float | None
+    factor: float | None
     generator: torch.Generator | None
     progress: bool
     shift: int
@@ -87,6 +91,12 @@ class GenerationRequest:
     @property
     def steps_per_block(self) -> int:
         return self.steps // self.num_blocks
+
+    @property
+    def parallel(self) -> bool:
+        """Whether a step may transfer more than the schedule's count (``threshold`` or
+        ``factor``), so that a block can end before its last step."""
+        return self.threshold is not None or self.factor is not None
 
     def is_refresh(self, step_in_block: int) -> bool:
         """Whether a cached run does a full forward (refilling the cache) at this step of a
@@ -100,7 +110,7 @@ def check_generation_args(
     *, gen_length: int, steps: int, block_length: int | None, temperature: float, remasking: str,
     pruning: PruningConfig | None, generator: torch.Generator | None = None,
     cache: str | None = None, refresh: str | int = "block", threshold: float | None = None,
-    names: Mapping[str, str] | None = None,
+    factor: float | None = None, names: Mapping[str, str] | None = None,
 ) -> tuple[int, int, int, float]:
     """Check the sampler's schedule arguments (no model needed, so front ends such as
     `dvtp.vlm.answer` can check them before any forward).
@@ -165,6 +175,16 @@ def check_generation_args(
     ):
         raise ValueError(f"{n('threshold')} must be a finite number > 0 (a confidence, e.g. 0.9), "
                          f"got {threshold!r}")
+    if factor is not None and (
+        isinstance(factor, bool) or not isinstance(factor, numbers.Real)
+        or not math.isfinite(float(factor)) or not factor > 0
+    ):
+        raise ValueError(f"{n('factor')} must be a finite number > 0 (Fast-dLLM's factor, e.g. 1.0), got {factor!r}")
+    if threshold is not None and factor is not None:
+        raise ValueError(
+            f"{n.show('threshold', threshold)} and {n.show('factor', factor)} are two parallel-decoding rules: "
+            "give one of them"
+        )
     return gen_length, steps, block_length, float(temperature)
 
 
@@ -198,15 +218,47 @@ def _resolve_suppressed(suppress_tokens, vocab: int) -> tuple[int, ...]:
     return tuple(sorted(set(ids)))
 
 
-def _resolve_stop(stop_tokens) -> tuple[int, ...]:
+def _resolve_stop(stop_tokens, vocab: int) -> tuple[int, ...]:
     if stop_tokens is None:
         return ()
-    if _is_int(stop_tokens):
-        return (int(stop_tokens),)
-    ids = list(stop_tokens)
+    ids = [stop_tokens] if _is_int(stop_tokens) else list(stop_tokens)
     if not all(_is_int(i) for i in ids):
         raise ValueError(f"stop_tokens must be an id or a list of ids, got {stop_tokens!r}")
+    bad = [i for i in ids if not 0 <= i < vocab]
+    if bad:
+        # an id the model can never produce would silently never stop anything
+        raise ValueError(f"stop_tokens must be ids in the vocabulary [0, vocab_size={vocab}), got {bad[0]!r}")
     return tuple(int(i) for i in ids)
+
+
+def max_positions(model) -> int | None:
+    """The language model's ``max_position_embeddings`` (a VLM's text config's), or None."""
+    config = model.config
+    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    limit = getattr(text, "max_position_embeddings", None)
+    return int(limit) if _is_int(limit) else None
+
+
+def check_positions(model, prompt_lengths, gen_length: int) -> None:
+    """Refuse a prompt whose length plus ``gen_length`` exceeds the model's position range.
+
+    Checked on the unpruned lengths: the first steps (pruning comes after its scoring step)
+    run the whole prompt, at positions ``0 .. P + gen_length - 1`` -- and with
+    ``renumber_positions=False`` the kept tokens keep those positions for good. In a batch
+    the longest item decides (every item is numbered from 0 on its own).
+    """
+    limit = max_positions(model)
+    if limit is None:
+        return
+    longest = max(prompt_lengths)
+    if longest + gen_length > limit:
+        which = "the prompt" if len(prompt_lengths) == 1 else \
+            f"the longest prompt of the batch (item {list(prompt_lengths).index(longest)})"
+        raise ValueError(
+            f"{which} has {longest} tokens; with gen_length={gen_length} the sequence needs "
+            f"{longest + gen_length} positions, more than the model's max_position_embeddings={limit}: "
+            "shorten the prompt or gen_length"
+        )
 
 
 def _check_backend_usable(pruning: PruningConfig, device: torch.device) -> None:
@@ -223,7 +275,7 @@ def _check_backend_usable(pruning: PruningConfig, device: torch.device) -> None:
 
 def resolve_request(
     model, device: torch.device, *, gen_length, steps, block_length, temperature, remasking, mask_id,
-    pruning, stop_tokens, suppress_tokens, generator, cache, refresh, threshold, progress,
+    pruning, stop_tokens, suppress_tokens, generator, cache, refresh, threshold, progress, factor=None,
 ) -> GenerationRequest:
     """Check every generation argument against ``model`` (on ``device``) and freeze them."""
     from ..attention import attention_modules
@@ -232,7 +284,7 @@ def resolve_request(
     gen_length, steps, block_length, temperature = check_generation_args(
         gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
         remasking=remasking, pruning=pruning, generator=generator, cache=cache, refresh=refresh,
-        threshold=threshold,
+        threshold=threshold, factor=factor,
     )
     if mask_id is None:
         mask_id = getattr(model.config, "mask_token_id", None)
@@ -257,8 +309,9 @@ def resolve_request(
             )
     return GenerationRequest(
         gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature,
-        remasking=remasking, mask_id=int(mask_id), pruning=pruning, stop_ids=_resolve_stop(stop_tokens),
+        remasking=remasking, mask_id=int(mask_id), pruning=pruning, stop_ids=_resolve_stop(stop_tokens, vocab),
         suppressed=_resolve_suppressed(suppress_tokens, vocab), cache=cache, refresh=refresh,
-        threshold=None if threshold is None else float(threshold), generator=generator,
+        threshold=None if threshold is None else float(threshold),
+        factor=None if factor is None else float(factor), generator=generator,
         progress=bool(progress), shift=int(getattr(model, "logits_shift", 0)),
     )
