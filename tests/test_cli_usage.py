@@ -381,6 +381,7 @@ def test_batch_answers_equal_single_runs(tmp_path):
 @pytest.mark.parametrize("items,words", [
     ([{"question": "q"}, {"image": "missing.png", "question": "q"}], "line 2: image"),
     ([{"question": "q"}, {"question": "  "}], "line 2: \"question\" must be a non-empty string"),
+    ([{"question": "q", "image": "notes.txt"}], "line 1: image"),
     (["{not json"], "line 1: not JSON"),
     ([{"question": "q", "images": ["a.png"]}], "line 1: unknown keys ['images']"),
     ([{"question": "q", "image": 3}], "line 1: \"image\" must be"),
@@ -388,6 +389,7 @@ def test_batch_answers_equal_single_runs(tmp_path):
     ([""], "no items"),
 ])
 def test_batch_input_is_checked_line_by_line_before_the_model(no_model, tmp_path, items, words):
+    (tmp_path / "notes.txt").write_text("not a picture")
     source = write_items(tmp_path / "items.jsonl", items)
     line = one_error_line(invoke("answer", *TINY, "--input", str(source)), "--input")
     assert words in line

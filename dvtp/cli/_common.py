@@ -478,6 +478,14 @@ def check_image_spec(spec: str, param: str = "--image") -> tuple[int, int] | Non
         raise click.BadParameter(f"{spec}: no such file", param_hint=param)
     if os.path.isdir(spec):
         raise click.BadParameter(f"{spec}: is a folder, not an image file", param_hint=param)
+    from PIL import Image, UnidentifiedImageError  # the header only: cheap, and no torch
+
+    try:
+        with Image.open(spec):
+            pass
+    except (UnidentifiedImageError, OSError) as err:
+        raise click.BadParameter(f"{spec}: not an image file Pillow can read ({_one_line(err)})",
+                                 param_hint=param) from None
     return None
 
 

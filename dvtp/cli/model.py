@@ -101,7 +101,7 @@ def _view_counts(tokens) -> list[dict]:
               help="The image (default: a synthetic 1024x768 photo).")
 @click.option("--question", type=Text(), default=None, help="The question (default: describe the picture).")
 @click.option("--keep", "keep", type=KEEP_RATIO, multiple=True, metavar="R",
-              help="A keep ratio to compare with the unpruned run (repeatable; default 0.5 and 0.25).")
+              help="A keep ratio (0 < R <= 1) to compare with the unpruned run (repeatable; default 0.5 and 0.25).")
 @click.option("--gen-length", "--gen", type=click.IntRange(1), default=32, show_default=True,
               help="Response length in tokens.")
 @click.option("--steps", type=click.IntRange(1), default=16, show_default=True, help="Denoising steps.")
@@ -308,8 +308,8 @@ def _answer_batch(model, items, *, pruning, schedule, stop, seed, device, batch_
               help="With --input: the JSON Lines file the answers go to (default: stdout).")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="With --input: items answered together in one batch.")
-@click.option("--keep-ratio", type=KEEP_RATIO, default=None,
-              help="Fraction of visual tokens kept (RedVTP pruning); default: no pruning.")
+@click.option("--keep-ratio", type=KEEP_RATIO, default=None, metavar="R",
+              help="Fraction of visual tokens kept, 0 < R <= 1 (RedVTP pruning); default: no pruning.")
 @_generation_options
 @click.option("--stop/--no-stop", default=True, show_default=True,
               help="End an answer at its <|eot_id|> (no-stop: run all steps, same work for every setting).")
@@ -471,7 +471,8 @@ def _print_answer(doc: dict, model_spec: str) -> None:
 @_model_options
 @click.option("--image", required=True, metavar="FILE|synthetic[:WxH]", help="The image.")
 @click.option("--question", type=Text(), required=True, help="The question.")
-@click.option("--keep-ratio", type=KEEP_RATIO, required=True, help="Fraction of visual tokens kept.")
+@click.option("--keep-ratio", type=KEEP_RATIO, required=True, metavar="R",
+              help="Fraction of visual tokens kept, 0 < R <= 1.")
 @click.option("--out", default="kept.png", show_default=True, metavar="FILE",
               help="The picture to write (the format follows the extension: .png, .jpg, ...).")
 @_generation_options
