@@ -271,6 +271,9 @@ def test_selftest_fails_when_a_backend_is_wrong(monkeypatch):
     doc = json.loads(result.stdout)
     failed = {(r["op"], r["backend"]) for r in doc["results"] if not r["passed"]}
     assert doc["ok"] is False and ("select_visual_tokens", "cpu") in failed
+    # one document: the report with the error in it (docs/cli.md)
+    assert doc["error"]["type"] == "failure" and doc["error"]["exit_code"] == 1
+    assert doc["error"]["message"].startswith("selftest failed")
     assert failed <= {("select_visual_tokens", "cpu"), ("generate", "cpu")}
     assert all(r["passed"] for r in doc["results"] if r["op"] in ("accumulate_visual_scores", "gather_compact"))
     text = invoke("selftest", "--quick", "--backend", "cpu", "--quiet")  # the table lists the failed cases only
