@@ -24,8 +24,6 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from ._choices import DTYPES  # noqa: F401  (re-exported for the commands)
-
 # Exceptions the library raises for bad input: a ValueError (BackendError is one) names
 # the argument and what was expected; a missing file or folder.
 _USAGE_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
