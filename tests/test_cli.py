@@ -138,7 +138,7 @@ def test_answer_json_with_compare(runs):
     assert isinstance(doc["answer"], str) and doc["images"] == [str(runs.photo)]
     assert doc["pruning"] == {"keep_ratio": 0.25, "policy": "redvtp", "backend": None}
     assert doc["generation"] == {"gen_length": 8, "steps": 4, "block_length": 8, "temperature": 0.0,
-                                 "cache": None, "refresh": "block", "threshold": None, "stop": False}
+                                 "cache": None, "refresh": "block", "threshold": None, "stop": False, "seed": None}
     kept = int(SMALL["visual"] * 0.25)
     assert (doc["visual_tokens"], doc["kept_tokens"]) == (SMALL["visual"], kept)
     (views,) = doc["views"]
@@ -153,7 +153,9 @@ def test_answer_json_with_compare(runs):
     assert set(c["unpruned_tokens_per_step"]) == {lens[0]}
     for key in ("speedup", "speedup_total"):
         assert math.isfinite(c[key]) and c[key] > 0
-    assert set(c["median_seconds"]) == {"unpruned", "pruned"}
+    assert set(c["seconds"]) == {"unpruned", "pruned"}
+    assert c["speedup"] == pytest.approx(c["seconds"]["unpruned"]["generate"]["median"]
+                                         / c["seconds"]["pruned"]["generate"]["median"])
 
 
 def test_visualize_png_dims_the_pruned_fraction(runs):
@@ -210,7 +212,7 @@ def test_help(command):
     (["answer", "--model", "tiny", "--question", "q", "--compare"], "--compare"),
     (["answer", "--model", "tiny", "--question", "q", "--image", "/no/such/photo.png"], "no such file"),
     (["answer", "--model", "/no/such/folder", "--question", "q"], "not a folder"),
-    (["answer", "--model", "tiny", "--question", "q", "--gen-length", "8", "--block-length", "3"], "block_length"),
+    (["answer", "--model", "tiny", "--question", "q", "--gen-length", "8", "--block-length", "3"], "--block-length 3"),
     (["answer", "--model", "tiny", "--question", "q", "--image", "synthetic:0x5"], "synthetic:WxH"),
     (["answer", "--model", "tiny"], "--question"),
     (["answer", "--model", "tiny", "--question", "q", "--cache", "prefix", "--refresh", "0"], "--refresh"),
@@ -223,7 +225,7 @@ def test_help(command):
     (["visualize", "--model", "tiny", "--image", "synthetic", "--question", "q", "--keep-ratio", "0.5",
       "--cmap", "no-such-map"], "cmap"),
     (["selftest", "--device", "tpu"], "--device"),
-    (["selftest", "--backend", "nope"], "unknown names"),
+    (["selftest", "--backend", "nope"], "--backend"),
     (["bench", "--report", "--quick"], "--report"),
     (["bench", "--op", "nope"], "--op"),
 ])
@@ -269,6 +271,9 @@ def test_selftest_fails_when_a_backend_is_wrong(monkeypatch):
     doc = json.loads(result.stdout)
     failed = {(r["op"], r["backend"]) for r in doc["results"] if not r["passed"]}
     assert doc["ok"] is False and ("select_visual_tokens", "cpu") in failed
+    # one document: the report with the error in it (docs/cli.md)
+    assert doc["error"]["type"] == "failure" and doc["error"]["exit_code"] == 1
+    assert doc["error"]["message"].startswith("selftest failed")
     assert failed <= {("select_visual_tokens", "cpu"), ("generate", "cpu")}
     assert all(r["passed"] for r in doc["results"] if r["op"] in ("accumulate_visual_scores", "gather_compact"))
     text = invoke("selftest", "--quick", "--backend", "cpu", "--quiet")  # the table lists the failed cases only

@@ -25,6 +25,7 @@ from .harness import (
     load_records,
     measure,
     resolve_device,
+    repository_results_dir,
     results_dir,
     results_path,
     run_case,
@@ -35,7 +36,7 @@ OPS = ("scores", "select", "compact", "generate")
 
 __all__ = [
     "OPS", "cases", "run", "report", "Report", "Case", "Record", "Measurement", "measure",
-    "run_case", "append_records", "load_records", "results_dir", "results_path",
+    "run_case", "append_records", "load_records", "results_dir", "results_path", "repository_results_dir",
 ]
 
 
@@ -114,7 +115,7 @@ def run(
 
 def report(paths: Sequence[str] | None = None, *, png: str | None = None) -> Report:
     """The newest record per (op, case, backend, device) of the JSON Lines files ``paths``
-    (default: every ``*.jsonl`` under `results_dir`) as Markdown, and a PNG at ``png``.
+    (default: every ``*.jsonl`` in the user folder `results_dir`) as Markdown, and a PNG at ``png``.
 
     (This function shadows the ``dvtp.bench.report`` module as a package attribute; the
     module's own names: ``from dvtp.bench.report import ...``.)"""

@@ -7,8 +7,9 @@
   calibrated so a round lasts at least a minimum time, several rounds. CUDA: CUDA events
   around each call after warm-up calls.
 * `run_case`: every implementation of a case measured, baseline first -> `Record` list.
-* `append_records` / `load_records`: JSON Lines files, one `Record` per line, kept under
-  ``benchmarks/results/`` (`results_path`).
+* `append_records` / `load_records`: JSON Lines files, one `Record` per line, by default
+  in a user folder (`results_dir`, `results_path`); the repository's committed records
+  are under ``benchmarks/results/`` (`repository_results_dir`).
 
 Peak memory is what a call needs above what was allocated before it. CUDA: the caching
 allocator's ``max_memory_allocated``. CPU: the process's resident-set high-water mark
@@ -212,7 +213,7 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def _busy_seconds() -> tuple[float, float] | None:
+def busy_seconds() -> tuple[float, float] | None:
     """(CPU seconds all processes have spent busy, of them this process), None without /proc/stat."""
     try:
         with open("/proc/stat") as f:
@@ -225,7 +226,7 @@ def _busy_seconds() -> tuple[float, float] | None:
 
 
 def others_cpu_cores(before: tuple[float, float] | None, after: tuple[float, float] | None, wall_s: float) -> float | None:
-    """Cores other processes kept busy on average between two `_busy_seconds` readings:
+    """Cores other processes kept busy on average between two `busy_seconds` readings:
     on a shared machine, how far a CPU timing was disturbed (None where unknown)."""
     if before is None or after is None or wall_s <= 0:
         return None
@@ -443,7 +444,7 @@ def run_case(case: Case, device, *, quick: bool = False, impls: Iterable[str] | 
     env = environment(device)
     dev_name = device_name(device)
     measured: dict[str, tuple[Measurement, dict]] = {}
-    busy_before, t0 = _busy_seconds(), time.perf_counter()
+    busy_before, t0 = busy_seconds(), time.perf_counter()
     for name in names:
         try:
             m = measure(built[name], device, repeats=case.repeats, quick=quick)
@@ -460,7 +461,7 @@ def run_case(case: Case, device, *, quick: bool = False, impls: Iterable[str] | 
         m.last = None  # the output can be large (device memory): not kept past its metrics
         measured[name] = (m, extra)
     del built
-    env["others_cpu_cores"] = others_cpu_cores(busy_before, _busy_seconds(), time.perf_counter() - t0)
+    env["others_cpu_cores"] = others_cpu_cores(busy_before, busy_seconds(), time.perf_counter() - t0)
     if not measured:
         raise RuntimeError(f"case {case.op} {case.name!r}: no implementation could be measured: {skipped}")
     if skipped:
@@ -482,16 +483,30 @@ def run_case(case: Case, device, *, quick: bool = False, impls: Iterable[str] | 
 # ---------------------------------------------------------------------------------------
 
 
+RESULTS_ENV = "DVTP_RESULTS_DIR"
+
+
 def results_dir() -> str:
-    """``benchmarks/results`` of the checkout dvtp is imported from, else of the working directory."""
+    """Where benchmark records go unless a path is given: ``$DVTP_RESULTS_DIR``, else
+    ``$XDG_CACHE_HOME/dvtp/bench``, else ``~/.cache/dvtp/bench`` -- a user folder, so a run
+    never changes the records committed under the repository's ``benchmarks/results``
+    (`repository_results_dir`); those are written only when asked for by path."""
+    if os.environ.get(RESULTS_ENV):
+        return os.path.abspath(os.path.expanduser(os.environ[RESULTS_ENV]))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.abspath(cache), "dvtp", "bench")
+
+
+def repository_results_dir() -> str | None:
+    """``benchmarks/results`` of the checkout dvtp is imported from (the committed records
+    and report), or None outside a checkout."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if os.path.isdir(os.path.join(root, "benchmarks")):
-        return os.path.join(root, "benchmarks", "results")
-    return os.path.join(os.getcwd(), "benchmarks", "results")
+    folder = os.path.join(root, "benchmarks", "results")
+    return folder if os.path.isdir(folder) else None
 
 
 def results_path(device) -> str:
-    """The default results file of a device type: ``benchmarks/results/<cpu|cuda>.jsonl``."""
+    """The default results file of a device type: ``<results_dir()>/<cpu|cuda>.jsonl``."""
     return os.path.join(results_dir(), f"{torch.device(device).type}.jsonl")
 
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .harness import Record, load_records, results_dir
+from .harness import Record, load_records, repository_results_dir, results_dir
 
 OP_ORDER = ("scores", "select", "compact", "generate")
 
@@ -207,7 +207,11 @@ def render(paths: Sequence[str] | str | None = None, *, png: str | None = None) 
     if paths is None:
         paths = sorted(glob.glob(os.path.join(results_dir(), "*.jsonl")))
         if not paths:
-            raise ValueError(f"no benchmark records: no *.jsonl file in {results_dir()} (run `dvtp bench` first)")
+            committed = repository_results_dir()
+            hint = "" if committed is None else (
+                f"; the repository's records: --records {os.path.join(os.path.relpath(committed), 'cpu.jsonl')}")
+            raise ValueError(f"no benchmark records: no *.jsonl file in {results_dir()} (run `dvtp bench` first"
+                             f"{hint})")
     elif isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     missing = [p for p in paths if not os.path.isfile(p)]

@@ -7,9 +7,9 @@ import platform
 
 import click
 
-from ._common import CONTEXT, Failure, command_options, emit_json, progress_bar, stdout_console
-
-DEVICES = ("cpu", "cuda")
+from ._choices import BACKENDS, BENCH_OPS, DEVICES
+from ._common import (Failure, OptionError, check_output_path, command, command_options, emit_json, error_document,
+                      given, progress_bar, stdout_console)
 
 
 # ---------------------------------------------------------------------------------------
@@ -64,8 +64,7 @@ def info_json() -> dict:
     )
 
 
-@click.command("info", context_settings=CONTEXT,
-               short_help="Versions, compiled backends, what is usable here and why not.")
+@command("info", short_help="Versions, compiled backends, what is usable here and why not.")
 @command_options()
 def info(quiet: bool, as_json: bool) -> None:
     """Versions, the compiled backends, and which backends are usable here and why not.
@@ -95,12 +94,11 @@ def _error_text(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.3g}"
 
 
-@click.command("selftest", context_settings=CONTEXT,
-               short_help="Check every usable backend against the reference (exit 1 on a failure).")
+@command("selftest", short_help="Check every usable backend against the reference (exit 1 on a failure).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the inputs live.")
 @click.option("--quick", is_flag=True, help="A small subset of the grid (seconds on CPU).")
-@click.option("--backend", "backends", multiple=True, metavar="NAME",
+@click.option("--backend", "backends", multiple=True, type=click.Choice(BACKENDS),
               help="Check only this backend (repeatable); naming one that cannot run here fails.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Base seed of the random inputs.")
 @command_options()
@@ -117,8 +115,12 @@ def selftest(device: str, quick: bool, backends: tuple[str, ...], seed: int, qui
     with progress_bar("selftest", quiet=quiet or as_json) as update:
         report = st.run(device, quick=quick, backends=list(backends) or None, seed=seed, progress=update)
     failed = [r for r in report.results if not r.passed]
-    if as_json:
-        emit_json(report.to_json())
+    failure = None if report.ok else Failure("selftest failed: " + "; ".join(_why_failed(report, failed)))
+    if as_json:  # one document: the report, with the error in it when the run failed
+        doc = report.to_json()
+        if failure is not None:
+            doc.update(error_document(failure))
+        emit_json(doc)
     else:
         console = stdout_console()
         rows = failed if quiet else report.results
@@ -143,16 +145,20 @@ def selftest(device: str, quick: bool, backends: tuple[str, ...], seed: int, qui
         ran = sorted({r.backend for r in report.results})
         console.print(f"{len(report.results)} cases, {len(failed)} failed, backends run: "
                       f"{', '.join(ran) or 'none'}; {report.seconds:.1f} s", markup=False)
-    if not report.ok:
-        why = []
-        if failed:
-            why.append(f"{len(failed)} of {len(report.results)} cases failed")
-        missing = [b for b in report.requested if b in report.unusable]
-        if missing:
-            why.append(f"requested backends cannot run on {report.device}: {', '.join(missing)}")
-        if not any(r.backend != "reference" for r in report.results):
-            why.append("no backend other than the reference could run, so nothing was checked")
-        raise Failure("selftest failed: " + "; ".join(why))
+    if failure is not None:
+        raise failure
+
+
+def _why_failed(report, failed) -> list[str]:
+    why = []
+    if failed:
+        why.append(f"{len(failed)} of {len(report.results)} cases failed")
+    missing = [b for b in report.requested if b in report.unusable]
+    if missing:
+        why.append(f"requested backends cannot run on {report.device}: {', '.join(missing)}")
+    if not any(r.backend != "reference" for r in report.results):
+        why.append("no backend other than the reference could run, so nothing was checked")
+    return why
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,25 +166,35 @@ def selftest(device: str, quick: bool, backends: tuple[str, ...], seed: int, qui
 # ---------------------------------------------------------------------------------------
 
 
+def _default_path(path: str, option: str, picture: str | None = None) -> str:
+    """A default output file in the user folder, its folder created, checked as a given one."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as err:
+        raise OptionError(f"{option} (default {path}): cannot create its folder ({err.strerror or err}); "
+                          f"give {option} or set $DVTP_RESULTS_DIR", option) from None
+    return check_output_path(path, option, picture=picture)
+
+
 def _num(x) -> str:
     return "n/a" if x is None else f"{x:.3g}"
 
 
-@click.command("bench", context_settings=CONTEXT, short_help="Run the benchmarks, or render their report.")
-@click.option("--op", type=click.Choice(("scores", "select", "compact", "generate", "all")), default="all",
+@command("bench", short_help="Run the benchmarks, or render their report.")
+@click.option("--op", type=click.Choice(BENCH_OPS), default="all",
               show_default=True, help="Which benchmarks: one op's grid, or all.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True, help="Where they run.")
 @click.option("--quick", is_flag=True, help="Small shapes that run in seconds.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads (default: torch's).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="JSON Lines file the records are appended to (default: benchmarks/results/<device>.jsonl; "
-                   "with --quick nothing is saved unless --out is given).")
+@click.option("--out", default=None, metavar="FILE",
+              help="JSON Lines file the records are appended to (default: <device>.jsonl in the user folder, "
+                   "$DVTP_RESULTS_DIR or ~/.cache/dvtp/bench; with --quick nothing is saved unless --out is given).")
 @click.option("--report", is_flag=True,
               help="Measure nothing: render the latest records as a Markdown table and a PNG plot.")
-@click.option("--records", "record_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="With --report: a records file (repeatable; default: every *.jsonl in benchmarks/results).")
-@click.option("--png", type=click.Path(dir_okay=False), default=None,
-              help="With --report: where the plot goes (default: benchmarks/results/report.png).")
+@click.option("--records", "record_files", multiple=True, metavar="FILE",
+              help="With --report: a records file (repeatable; default: every *.jsonl in the user folder).")
+@click.option("--png", default=None, metavar="FILE",
+              help="With --report: where the plot goes (default: report.png in the user folder).")
 @command_options()
 def bench(op, device, quick, threads, out, report, record_files, png, quiet, as_json):
     """Run the benchmarks (with a progress bar) and print the table.
@@ -187,13 +203,34 @@ def bench(op, device, quick, threads, out, report, record_files, png, quiet, as_
     torch.topk, index_select; `generate`: end to end, pruned vs unpruned). With --report
     nothing runs: the newest record per op, case, backend and platform is rendered as
     Markdown (stdout) and a PNG.
+
+    Records and the plot go to a user folder ($DVTP_RESULTS_DIR, else
+    $XDG_CACHE_HOME/dvtp/bench or ~/.cache/dvtp/bench) unless a path is given: the
+    repository's benchmarks/results are written only when named (--out, --png).
     """
+    # every path the run will write or read checked before anything is measured
+    if report:
+        for name, option in (("threads", "--threads"), ("quick", "--quick"), ("out", "--out"), ("op", "--op"),
+                             ("device", "--device")):
+            if given(name):
+                raise OptionError(f"--report renders saved records: {option} does not apply", option)
+        for path in record_files:
+            if not os.path.isfile(path):
+                raise OptionError(f"--records {path}: no such file", "--records")
+        if png is not None:
+            check_output_path(png, "--png", picture="matplotlib")
+    else:
+        if record_files or png is not None:
+            option = "--records" if record_files else "--png"
+            raise OptionError(f"{option} goes with --report", option)
+        if out is not None:
+            check_output_path(out, "--out")
+
     from dvtp import bench as bench_lib
 
     if report:
-        if threads is not None or quick or out is not None:
-            raise click.UsageError("--report renders saved records: --quick, --threads and --out do not apply")
-        png = png or os.path.join(bench_lib.results_dir(), "report.png")
+        if png is None:
+            png = _default_path(os.path.join(bench_lib.results_dir(), "report.png"), "--png", picture="matplotlib")
         rendered = bench_lib.report(list(record_files) or None, png=png)
         if as_json:
             emit_json(dict(markdown=rendered.markdown, png=rendered.png))
@@ -202,14 +239,12 @@ def bench(op, device, quick, threads, out, report, record_files, png, quiet, as_
             if not quiet:
                 click.echo(f"\nplot: {rendered.png}", err=True)
         return
-    if record_files or png is not None:
-        raise click.UsageError("--records and --png go with --report")
+    if out is None and not quick:
+        out = _default_path(bench_lib.results_path(device), "--out")
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    if out is None and not quick:
-        out = bench_lib.results_path(device)
     with progress_bar(f"bench {op}", quiet=quiet or as_json) as update:
         records = bench_lib.run(op, device=device, quick=quick, out=out, progress=update)
     if as_json:
