@@ -21,11 +21,13 @@ TORCH_LIBRARY(dvtp, m) {
   m.def(
       "accumulate_visual_scores(Tensor q, Tensor k, Tensor(a!) scores, Tensor query_start, "
       "Tensor key_start, Tensor key_len, float scale, Tensor? lse, Tensor? key_valid) -> ()");
-  // -> (gather_index [B, max_new_len] int64 -1 padded, keep_index [B, max_keep] int64 -1 padded)
-  // keep_count is the effective per-item count; max_new_len / max_keep size the outputs.
+  // -> (gather_index [B, max_new_len] int64 -1 padded, keep_index [B, max_keep] int64 -1 padded,
+  //     nan_item [B] bool: item b's importance (selected rows, columns < key_len) has a NaN,
+  //     and then its two rows are unspecified). keep_count is the effective per-item count;
+  // max_new_len / max_keep size the outputs (any width >= the largest row: -1 padded).
   m.def(
       "select_visual_tokens(Tensor scores, Tensor row_mask, Tensor seq_len, Tensor key_start, "
-      "Tensor key_len, Tensor keep_count, int max_new_len, int max_keep) -> (Tensor, Tensor)");
+      "Tensor key_len, Tensor keep_count, int max_new_len, int max_keep) -> (Tensor, Tensor, Tensor)");
   // out[t][b, .., p, ..] = tensors[t][b, .., gather_index[b, p], ..] along dims[t]; p with
   // gather_index < 0 is filled with pad_value.
   m.def(

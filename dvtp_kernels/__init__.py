@@ -129,11 +129,10 @@ def select_visual_tokens(
 
     NaN: an item whose importance is NaN -- a NaN in ``scores[b, i, :key_len[b]]`` for a
     selected row i, or +inf and -inf in one such column -- raises ValueError naming the
-    item and how many of its selected rows hold NaN, before any backend runs (NaN in
-    unselected rows or in columns ``>= key_len[b]`` is never read). Cost: one pass over
-    ``scores`` (isfinite) folded into the one device-to-host read this function already
-    makes for its output sizes, so one host sync per call (i.e. per generation); scores
-    holding NaN/inf anywhere cost a second read for the exact per-item check.
+    item and how many of its selected rows hold NaN (NaN in unselected rows or in columns
+    ``>= key_len[b]`` is never read). Every backend detects it in its own pass over the
+    selected rows and returns a per-item flag, read together with the output sizes: one
+    device-to-host read per call (i.e. per generation), no extra pass over ``scores``.
 
     Args:
         scores: ``[B, R, Vmax]`` float32 accumulated scores.
@@ -165,28 +164,29 @@ def select_visual_tokens(
 
 
 def _select_eager(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep, backend):
-    args, requested = check_select(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep)
-    device = scores.device
-    B = scores.shape[0]
-    requested = torch.tensor(requested, dtype=torch.int64, device=device)
+    args, requested, seq_len_host, key_len_host = validation.check_select_spans(
+        scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep
+    )
     keep_count = reference.effective_keep_count(args["row_mask"], args["key_len"], requested)
     new_len = args["seq_len"] - args["key_len"] + keep_count
-    if B == 0:
-        max_new_len = max_keep = 0
-    else:
-        # The one device-to-host read: output sizes, and whether scores is finite (then no
-        # importance can be NaN). Only scores holding NaN/inf somewhere cost a second read,
-        # the exact per-item check (selected rows, columns < key_len).
-        finite = torch.isfinite(args["scores"]).all()
-        max_new_len, max_keep, finite = torch.stack([new_len.max(), keep_count.max(), finite.to(torch.int64)]).tolist()
-        if not finite:
-            nan_items = validation.nan_importance(args["scores"], args["row_mask"], args["key_len"]).tolist()
-            bad = [b for b in range(B) if nan_items[b]]
-            if bad:
-                raise validation.nan_importance_error(args["scores"], args["row_mask"], args["key_len"].tolist(), bad)
-    args.update(keep_count=keep_count, max_new_len=max_new_len, max_keep=max_keep)
+    # The backend writes outputs as wide as the host-known bounds (new_len <= seq_len,
+    # keep_count <= key_len), so that its NaN flag and the exact widths come back in one
+    # device-to-host read after it ran, instead of one read before and one after.
+    args.update(keep_count=keep_count, max_new_len=max(seq_len_host, default=0),
+                max_keep=max(key_len_host, default=0))
     name = dispatch.choose("select_visual_tokens", args, backend)
-    gather_index, keep_index = dispatch.run(name, "select_visual_tokens", **args)
+    gather_index, keep_index, nan_item = dispatch.run(name, "select_visual_tokens", **args)
+    if scores.shape[0] == 0:
+        return gather_index, new_len, keep_index, keep_count
+    # The one device-to-host read: exact output widths and the number of NaN items.
+    max_new_len, max_keep, any_nan = torch.stack([new_len, keep_count, nan_item]).amax(dim=1).tolist()
+    if any_nan:
+        bad = nan_item.nonzero().flatten().tolist()
+        raise validation.nan_importance_error(args["scores"], args["row_mask"], key_len_host, bad)
+    if gather_index.shape[1] != max_new_len:
+        gather_index = gather_index[:, :max_new_len].contiguous()
+    if keep_index.shape[1] != max_keep:
+        keep_index = keep_index[:, :max_keep].contiguous()
     return gather_index, new_len, keep_index, keep_count
 
 

@@ -29,6 +29,7 @@ def load() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)  # asked on every call of an op; registrations only grow
 def has_kernel(op: str, dispatch_key: str) -> bool:
     return load() is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dvtp::{op}", dispatch_key)
 

@@ -160,14 +160,19 @@ def run(backend: str, op: str, **args):
     if backend == "triton":
         module, _ = _triton_module()
         return getattr(module, op)(**args)
-    return getattr(torch.ops.dvtp, op)(**args)
+    return getattr(torch.ops.dvtp, op).default(**args)  # the one overload: no overload resolution
 
 
 def _reference_select(scores, row_mask, seq_len, key_start, key_len, keep_count, max_new_len, max_keep):
-    gather_index, _, keep_index = reference.select_visual_tokens(
-        scores, row_mask, seq_len, key_start, key_len, keep_count
+    """The op contract on the reference: outputs max_new_len / max_keep wide, -1 padded, and
+    the per-item NaN flag."""
+    importance = reference.selected_importance(scores, row_mask)
+    gather_index, _, keep_index = reference.select_from_importance(
+        importance, seq_len, key_start, key_len, keep_count
     )
-    return gather_index, keep_index
+    gather_index = torch.nn.functional.pad(gather_index, (0, max_new_len - gather_index.shape[1]), value=-1)
+    keep_index = torch.nn.functional.pad(keep_index, (0, max_keep - keep_index.shape[1]), value=-1)
+    return gather_index, keep_index, reference.nan_items(importance, key_len)
 
 
 _REFERENCE = {

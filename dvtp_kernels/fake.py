@@ -16,6 +16,7 @@ def select_fake(scores, row_mask, seq_len, key_start, key_len, keep_count, max_n
     return (
         scores.new_empty((B, max_new_len), dtype=torch.int64),
         scores.new_empty((B, max_keep), dtype=torch.int64),
+        scores.new_empty((B,), dtype=torch.bool),  # nan_item
     )
 
 

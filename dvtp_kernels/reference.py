@@ -18,6 +18,8 @@ __all__ = [
     "requested_keep_count",
     "effective_keep_count",
     "select_visual_tokens",
+    "select_from_importance",
+    "nan_items",
     "gather_compact",
 ]
 
@@ -81,7 +83,8 @@ computed in float32) and each visual entry adds ``exp(logit_j - lse)``:
   * lse finite -> IEEE arithmetic per entry: a NaN logit at visual key j gives NaN at j,
     +inf gives +inf, -inf gives 0 (only with a given lse can an entry's logit be
     non-finite while the lse is finite).
-NaN then stays in scores (x + NaN = NaN), so select_visual_tokens refuses the item.
+NaN then stays in scores (x + NaN = NaN), so select_visual_tokens refuses the item
+(every backend flags it, see nan_items).
 """
 
 
@@ -111,6 +114,14 @@ def selected_importance(scores: torch.Tensor, row_mask: torch.Tensor) -> torch.T
     return importance
 
 
+def nan_items(importance: torch.Tensor, key_len: torch.Tensor) -> torch.Tensor:
+    """bool ``[B]``: item b's importance (`selected_importance`) is NaN somewhere in its
+    ``key_len[b]`` columns -- a NaN score in a selected row, or +inf and -inf summed in one
+    column. Such an item has no defined selection; `dvtp_kernels.select_visual_tokens` raises."""
+    cols = torch.arange(importance.shape[1], device=importance.device) < key_len.unsqueeze(1)
+    return (torch.isnan(importance) & cols).any(dim=1)
+
+
 def select_visual_tokens(
     scores: torch.Tensor,
     row_mask: torch.Tensor,
@@ -125,17 +136,23 @@ def select_visual_tokens(
     keep_count int64 ``[B]`` (keep_count already effective, see `effective_keep_count`).
     Importance of token j is the float64 sum of ``scores[b, i, j]`` over rows with
     ``row_mask[b, i]`` (`selected_importance`; ranks exactly like the mean); higher wins,
-    equal importance goes to the lower index, +-inf rank as the extremes. NaN importances
-    are refused by the public wrapper before any backend runs (here they would rank first,
-    as torch.sort puts NaN first in descending order).
+    equal importance goes to the lower index, +-inf rank as the extremes. An item with a NaN
+    importance (`nan_items`) has no defined selection: every backend flags it and the public
+    wrapper raises (here NaN would rank first, as torch.sort puts NaN first in descending
+    order).
 
     Returns ``gather_index`` ``[B, max(new_len)]`` int64 (prefix, kept visual positions,
     suffix, in order; -1 padded), ``new_len`` ``[B]`` int64 and ``keep_index``
     ``[B, max(keep_count)]`` int64 ascending visual-local indices, -1 padded.
     """
-    B = scores.shape[0]
-    device = scores.device
     importance = selected_importance(scores, row_mask)
+    return select_from_importance(importance, seq_len, key_start, key_len, keep_count)
+
+
+def select_from_importance(importance, seq_len, key_start, key_len, keep_count):
+    """`select_visual_tokens` from the float64 ``[B, Vmax]`` importance."""
+    B = importance.shape[0]
+    device = importance.device
     new_len = seq_len - key_len + keep_count
     max_new = int(new_len.max()) if B else 0
     max_keep = int(keep_count.max()) if B else 0

@@ -32,7 +32,9 @@ interpreted on CPU):
   every key ``> t`` is kept plus the lowest-index keys ``== t`` that are still needed
   (``tl.cumsum``), which is exactly "higher wins, ties -> lower index". A second
   ``tl.cumsum`` compacts the kept indices in order. Every element of both outputs is
-  written by the kernel.
+  written by the kernel, and a third output ``nan_item[b]`` flags an item whose importance
+  has a NaN (tested as ``x != x`` on the float64 sums, which the interpreter and compiled
+  code agree on).
 * ``dvtp::gather_compact_triton`` -- one kernel launch per tensor. Each tensor is viewed
   as ``[B, O, N, I]`` (dims before / after the sequence dim merged; a tensor whose dims do
   not merge under its strides is first copied with ``.contiguous()``) and reinterpreted as
@@ -283,7 +285,7 @@ def _accumulate_impl(q, k, scores, query_start, key_start, key_len, scale, lse, 
 
 @triton.jit
 def _select_kernel(
-    sc_ptr, rm_ptr, sl_ptr, ks_ptr, kl_ptr, kc_ptr, gi_ptr, ki_ptr,
+    sc_ptr, rm_ptr, sl_ptr, ks_ptr, kl_ptr, kc_ptr, gi_ptr, ki_ptr, nan_ptr,
     R, V, max_new, max_keep,
     ssb, ssr, ssv, srb, srr,
     BLOCK_V: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -305,8 +307,11 @@ def _select_kernel(
         imp += x.to(tl.float64)
         row += ssr
         sel_ptr += srr
+    # An item whose importance has a NaN (NaN in a selected row, or +inf + -inf) has no
+    # defined selection: flag it for the wrapper, which raises (its rows below are unspecified).
+    tl.store(nan_ptr + b, (tl.sum((jv & (imp != imp)).to(tl.int32), axis=0) > 0).to(tl.int8))
     # Order-preserving int64 key of each float64 importance (-0.0 folded into +0.0 first:
-    # they compare equal as floats). NaN importances have no defined rank.
+    # they compare equal as floats).
     imp = tl.where(imp == 0.0, 0.0, imp)
     bits = imp.to(tl.int64, bitcast=True)
     key = tl.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
@@ -348,18 +353,19 @@ def _select_impl(scores, row_mask, seq_len, key_start, key_len, keep_count, max_
     device = scores.device
     gather_index = torch.empty((B, max_new_len), dtype=torch.int64, device=device)
     keep_index = torch.empty((B, max_keep), dtype=torch.int64, device=device)
+    nan_item = torch.empty((B,), dtype=torch.bool, device=device)
     if B == 0:
-        return gather_index, keep_index
+        return gather_index, keep_index, nan_item
     block_v = max(16, _next_pow2(V))
     _select_kernel[(B,)](
         scores, row_mask.view(torch.uint8), seq_len, key_start, key_len, keep_count,
-        gather_index, keep_index,
+        gather_index, keep_index, nan_item.view(torch.int8),
         R, V, max_new_len, max_keep,
         *scores.stride(), *row_mask.stride(),
         BLOCK_V=block_v, BLOCK_P=1024,
         num_warps=8 if block_v >= 2048 else 4,
     )
-    return gather_index, keep_index
+    return gather_index, keep_index, nan_item
 
 
 # --------------------------------------------------------------------------------------
@@ -483,7 +489,7 @@ def _select_op(
     keep_count: torch.Tensor,
     max_new_len: int,
     max_keep: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _select_impl(scores, row_mask, seq_len, key_start, key_len, keep_count,
                         max_new_len, max_keep)
 
@@ -519,7 +525,8 @@ def accumulate_visual_scores(q, k, scores, query_start, key_start, key_len, scal
 
 def select_visual_tokens(scores, row_mask, seq_len, key_start, key_len, keep_count,
                          max_new_len, max_keep):
-    """-> (gather_index [B, max_new_len], keep_index [B, max_keep]), int64, -1 padded."""
+    """-> (gather_index [B, max_new_len], keep_index [B, max_keep]) int64 -1 padded, and
+    nan_item [B] bool (item's importance has a NaN; its two rows are then unspecified)."""
     return torch.ops.dvtp.select_visual_tokens_triton(
         scores, row_mask, seq_len, key_start, key_len, keep_count,
         int(max_new_len), int(max_keep))

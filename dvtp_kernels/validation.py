@@ -62,6 +62,12 @@ def is_scalar_index(value) -> bool:
 
 def host_ints(value, name: str, batch: int) -> list[int]:
     """An int or a sequence of ints (not a tensor) -> B Python ints, or the argument's error."""
+    # Fast paths for plain ints and lists of them (every call of the ops comes through here;
+    # the numbers.Integral checks below are ABC look-ups).
+    if type(value) is int:
+        return [value] * batch
+    if type(value) in (list, tuple) and len(value) == batch and all(type(v) is int for v in value):
+        return list(value)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return [int(value)] * batch
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
@@ -242,13 +248,23 @@ def check_select_meta(scores, row_mask) -> None:
 
 def check_select(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep) -> tuple[dict, list[int]]:
     """Returns (normalised args without keep_count, requested keep per item or None)."""
+    args, requested, _, _ = check_select_spans(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep)
+    return args, requested.tolist()
+
+
+def check_select_spans(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep):
+    """`check_select`, with the requested keep as an int64 ``[B]`` tensor on scores' device
+    and the host lists of seq_len and key_len: (args, requested, seq_len_host, key_len_host).
+    Spans given as ints and the requested keep travel to the device in one tensor."""
     check_select_meta(scores, row_mask)
     B, R, Vmax = scores.shape
     device = scores.device
     row_mask = row_mask.contiguous()
-    sl, sl_host = index_vector(seq_len, "seq_len", B, device)
-    ks, ks_host = index_vector(key_start, "key_start", B, device)
-    kl, kl_host = index_vector(key_len, "key_len", B, device)
+    spans = [
+        index_vector(value, name, B, device) if isinstance(value, torch.Tensor) else (None, host_ints(value, name, B))
+        for value, name in ((seq_len, "seq_len"), (key_start, "key_start"), (key_len, "key_len"))
+    ]
+    sl_host, ks_host, kl_host = (host for _, host in spans)
     for b in range(B):
         if ks_host[b] < 0 or kl_host[b] < 0 or ks_host[b] + kl_host[b] > sl_host[b]:
             raise ValueError(
@@ -275,8 +291,13 @@ def check_select(scores, row_mask, seq_len, key_start, key_len, keep_ratio, keep
                 raise ValueError(
                     f"keep[{b}]={requested[b]} must lie in [{low}, key_len[{b}]={kl_host[b]}]"
                 )
+    # One host-to-device copy (one tensor creation) for everything given as Python ints.
+    rows = [host for tensor, host in spans if tensor is None] + [requested]
+    made = iter(torch.tensor(rows, dtype=torch.int64, device=device).unbind(0))  # [k, B] rows
+    sl, ks, kl = (tensor if tensor is not None else next(made) for tensor, _ in spans)
+    requested = next(made)
     args = dict(scores=scores.contiguous(), row_mask=row_mask, seq_len=sl, key_start=ks, key_len=kl)
-    return args, requested
+    return args, requested, sl_host, kl_host
 
 
 # Float dtypes with IEEE infinities and NaN: a non-finite pad value is stored exactly.
@@ -409,20 +430,9 @@ def check_gather(tensors, gather_index, new_len, dims, pad_value) -> dict:
                 pad_value=scalar_pad_value(pad_value))
 
 
-def nan_importance(scores: torch.Tensor, row_mask: torch.Tensor, key_len: torch.Tensor) -> torch.Tensor:
-    """bool ``[B]``: item b's importance (the float64 sum over its selected rows, j <
-    key_len[b]) has a NaN: a NaN score in a selected row, or +inf and -inf in one column.
-    Device ops only (no host sync); unselected rows and columns >= key_len are not read."""
-    V = scores.shape[2]
-    cols = torch.arange(V, device=scores.device).unsqueeze(0) < key_len.unsqueeze(1)  # [B, V]
-    sel = row_mask.unsqueeze(2) & cols.unsqueeze(1)  # [B, R, V]
-    bad = (torch.isnan(scores) & sel).any(dim=1)
-    both_inf = ((scores == math.inf) & sel).any(dim=1) & ((scores == -math.inf) & sel).any(dim=1)
-    return (bad | both_inf).any(dim=1)
-
-
 def nan_importance_error(scores, row_mask, key_len_host: list[int], bad_items: list[int]) -> ValueError:
-    """The error for the items of `nan_importance` (called only on failure: its counts sync)."""
+    """The error for the items a backend flagged (nan_item): called only on failure, so its
+    per-item counts may read scores again and sync."""
     V = scores.shape[2]
     lines = []
     for b in bad_items:

@@ -209,22 +209,101 @@ def rule_keep(scores, row_mask, key_len, keep_count):
     return out
 
 
+def flag_case():
+    """Normalised op arguments (what the wrapper passes a backend) for six items, each with
+    a different way of (not) holding a NaN importance; -> (args, expected nan_item)."""
+    g = torch.Generator().manual_seed(11)
+    B, R, V = 6, 5, 13
+    scores = torch.rand(B, R, V, generator=g) + 0.5
+    row_mask = torch.rand(B, R, generator=g) > 0.5
+    row_mask[:, 0], row_mask[:, 1] = True, False
+    row_mask[5] = False
+    key_len = [13, 11, 12, 7, 13, 9]
+    keep = [6, 4, 5, 7, 3, 9]  # item 3 keeps everything, item 5 (no selected row) too
+    scores[0, 0, 6], scores[0, 2, 6] = INF, -INF  # +inf and -inf in one column of selected rows
+    row_mask[0, 2] = True
+    scores[1, 0, 10] = NAN  # NaN in a selected row, inside key_len
+    scores[2, 1, :] = NAN  # NaN in an unselected row ...
+    scores[2, 0, 12:] = NAN  # ... and beyond key_len: never read
+    scores[3, 0, 2] = NAN  # a NaN item that keeps all its tokens is still flagged
+    scores[4, 0, 1], scores[4, 0, 8] = INF, -INF  # infinities in different columns: ranked, no NaN
+    scores[5, 0, 3] = NAN  # no selected row: nothing is read
+    expected = [True, True, False, True, False, False]
+    args = dict(scores=scores, row_mask=row_mask, seq_len=torch.tensor([20, 15, 30, 9, 13, 12]),
+                key_start=torch.tensor([2, 0, 18, 1, 0, 3]), key_len=torch.tensor(key_len),
+                keep_count=torch.tensor(keep))
+    return args, expected
+
+
 @pytest.mark.parametrize("backend,device", backend_params())
-def test_select_refuses_nan_in_a_selected_row(backend, device, monkeypatch):
+def test_select_backend_flags_nan_items(backend, device):
+    """Each backend's own op (called directly, without the public wrapper) reports the items
+    with a NaN importance in its nan_item output, and still selects the other items exactly
+    (outputs wider than needed, as the wrapper asks for, padded with -1)."""
+    from dvtp_kernels import dispatch
+
+    dev = require(backend, device, "select_visual_tokens")
+    args, expected = flag_case()
+    args = {k: v.to(dev) for k, v in args.items()}
+    max_new_len, max_keep = 32, 14
+    gather_index, keep_index, nan_item = dispatch.run(backend, "select_visual_tokens", **args,
+                                                      max_new_len=max_new_len, max_keep=max_keep)
+    assert nan_item.dtype == torch.bool and nan_item.shape == (6,)
+    assert nan_item.tolist() == expected
+    assert gather_index.shape == (6, max_new_len) and keep_index.shape == (6, max_keep)
+    cpu = {k: v.cpu() for k, v in args.items()}
+    key_len, keep = cpu["key_len"].tolist(), cpu["keep_count"].tolist()
+    kept = rule_keep(cpu["scores"], cpu["row_mask"], key_len, keep)
+    for b in range(6):
+        if expected[b]:
+            continue  # no defined selection: the wrapper raises
+        k0, n = int(cpu["key_start"][b]), int(cpu["seq_len"][b])
+        assert keep_index[b].tolist() == kept[b] + [-1] * (max_keep - keep[b])
+        positions = list(range(k0)) + [k0 + j for j in kept[b]] + list(range(k0 + key_len[b], n))
+        assert gather_index[b].tolist() == positions + [-1] * (max_new_len - len(positions))
+
+
+def _patch_flag(monkeypatch, flag):
+    """Make dispatch.run report ``flag(nan_item)`` instead of the backend's own flag."""
+    from dvtp_kernels import dispatch
+
+    real = dispatch.run
+
+    def patched(name, op, **args):
+        out = real(name, op, **args)
+        if op == "select_visual_tokens":
+            return out[0], out[1], flag(out[2])
+        return out
+
+    monkeypatch.setattr(dispatch, "run", patched)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_select_refuses_nan_in_a_selected_row(backend, device):
     dev = require(backend, device, "select_visual_tokens")
     scores = torch.rand(3, 5, 12, device=dev)
     row_mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 1, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.bool, device=dev)
     scores[1, 2, 4] = NAN
     scores[1, 3, 0] = NAN
-
-    def no_kernel(*args, **kwargs):
-        raise AssertionError("a kernel ran on NaN scores")
-
-    from dvtp_kernels import dispatch
-
-    monkeypatch.setattr(dispatch, "run", no_kernel)
     with pytest.raises(ValueError, match=r"scores .*NaN.*item 1: 2 of its 3 selected rows \(row_mask\) hold NaN"):
         select(backend, scores, row_mask, [12, 10, 12])
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_select_wrapper_trusts_the_backend_flag(backend, device, monkeypatch):
+    """The wrapper makes no NaN check of its own (no extra pass over scores): it raises
+    exactly for the items the backend flags."""
+    dev = require(backend, device, "select_visual_tokens")
+    scores = torch.rand(2, 4, 9, device=dev)
+    row_mask = torch.ones(2, 4, dtype=torch.bool, device=dev)
+    scores[0, 1, 3] = NAN
+    _patch_flag(monkeypatch, torch.zeros_like)  # the backend "saw" no NaN
+    _, _, keep_index, keep_count = select(backend, scores, row_mask, [9, 9])
+    assert keep_count.tolist() == [4, 4] and keep_index.shape == (2, 4)
+    scores[0, 1, 3] = 0.5
+    _patch_flag(monkeypatch, lambda f: torch.tensor([False, True], device=f.device))
+    with pytest.raises(ValueError, match=r"NaN importance.*item 1: "):
+        select(backend, scores, row_mask, [9, 9])
 
 
 @pytest.mark.parametrize("backend,device", backend_params())

@@ -21,7 +21,8 @@ oracles written here, independent of dvtp_kernels/reference.py:
   (``max(1, int(n * r))``, capped at n, 0 for n = 0), a scalar keep or per-item keeps
   (extremes 1 and key_len favoured), all kept for an item without selected rows -- on
   random, tied (few distinct values), signed, +-inf-holding and NaN-holding scores; an
-  item with a NaN importance must raise ValueError.
+  item with a NaN importance must raise ValueError, and the backend's own op (called
+  without the wrapper) must flag exactly those items in its nan_item output.
 * gather_compact: bit-exact equality with direct indexing for 1-6 tensors of mixed dtypes
   (float32/16, bfloat16, float64, complex64, int64/32/16/8, uint8, bool), ranks 2-4, any
   sequence dim (negative too), contiguous/permuted/strided/expanded layouts, sorted or
@@ -289,6 +290,17 @@ def select_property(backend, device, case):
     call = lambda: dvtp_kernels.select_visual_tokens(  # noqa: E731
         scores.to(device), row_mask.to(device), case["seq_len"], case["key_start"], case["key_len"],
         backend=backend, **keep)
+    # The backend's own op, without the wrapper: its nan_item flag is exactly the rule's.
+    from dvtp_kernels import dispatch, reference, validation
+
+    args, requested = validation.check_select(scores.to(device), row_mask.to(device), case["seq_len"],
+                                              case["key_start"], case["key_len"], keep.get("keep_ratio"),
+                                              keep.get("keep"))
+    args["keep_count"] = reference.effective_keep_count(args["row_mask"], args["key_len"],
+                                                        torch.tensor(requested, device=device))
+    *_, nan_item = dispatch.run(backend, "select_visual_tokens", **args,
+                                max_new_len=max(case["seq_len"]), max_keep=max(case["key_len"]))
+    assert torch.nonzero(nan_item.cpu()).flatten().tolist() == nan_items
     if nan_items:
         with pytest.raises(ValueError, match=rf"scores gives a NaN importance.*item {nan_items[0]}:"):
             call()

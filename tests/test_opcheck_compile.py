@@ -36,6 +36,12 @@ def test_opcheck(backend, suffix):
     ops = torch.ops.dvtp
     torch.library.opcheck(getattr(ops, "accumulate_visual_scores" + suffix).default, tuple(acc.values()))
     torch.library.opcheck(getattr(ops, "select_visual_tokens" + suffix).default, tuple(sel.values()))
+    # A flagged item (NaN in a selected row) and outputs wider than needed, as the wrapper asks.
+    nan_sel = dict(sel, scores=sel["scores"].clone(), row_mask=sel["row_mask"].clone(), max_new_len=31, max_keep=9)
+    nan_sel["row_mask"][1, 2] = True
+    nan_sel["scores"][1, 2, 5] = float("nan")
+    torch.library.opcheck(getattr(ops, "select_visual_tokens" + suffix).default, tuple(nan_sel.values()))
+    assert getattr(ops, "select_visual_tokens" + suffix)(*nan_sel.values())[2].tolist() == [False, True]
     torch.library.opcheck(getattr(ops, "gather_compact" + suffix).default, tuple(gat.values()))
 
 
@@ -47,9 +53,9 @@ def test_compile_fullgraph_extension_ops():
     def pipeline(q, k, scores, row_mask, tensors):
         ops.accumulate_visual_scores(q, k, scores, acc["query_start"], acc["key_start"], acc["key_len"],
                                      acc["scale"], None, acc["key_valid"])
-        gather_index, keep_index = ops.select_visual_tokens(scores, row_mask, sel["seq_len"], sel["key_start"],
-                                                            sel["key_len"], sel["keep_count"], 26, 6)
-        return gather_index, keep_index, ops.gather_compact(tensors, gat["gather_index"], gat["dims"], 0)
+        gather_index, keep_index, nan_item = ops.select_visual_tokens(
+            scores, row_mask, sel["seq_len"], sel["key_start"], sel["key_len"], sel["keep_count"], 26, 6)
+        return gather_index, keep_index, nan_item, ops.gather_compact(tensors, gat["gather_index"], gat["dims"], 0)
 
     eager_scores, compiled_scores = acc["scores"].clone(), acc["scores"].clone()
     expected = pipeline(acc["q"], acc["k"], eager_scores, sel["row_mask"], gat["tensors"])
@@ -57,7 +63,8 @@ def test_compile_fullgraph_extension_ops():
     got = compiled(acc["q"], acc["k"], compiled_scores, sel["row_mask"], gat["tensors"])
     assert torch.equal(eager_scores, compiled_scores)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
-    assert all(torch.equal(a, b) for a, b in zip(got[2], expected[2]))
+    assert torch.equal(got[2], expected[2]) and got[2].dtype == torch.bool
+    assert all(torch.equal(a, b) for a, b in zip(got[3], expected[3]))
 
 
 # --------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import dvtp_kernels
 from backends import backend_params, is_interpreted, require
@@ -35,6 +37,7 @@ def expected_keep(scores, row_mask, key_len, keep_count):
 def assert_layout(gather_index, new_len, keep_index, keep_count, seq_len, key_start, key_len, kept):
     B = gather_index.shape[0]
     assert gather_index.dtype == keep_index.dtype == new_len.dtype == keep_count.dtype == torch.int64
+    assert gather_index.is_contiguous() and keep_index.is_contiguous()
     assert gather_index.shape == (B, max(new_len.tolist()))
     assert keep_index.shape == (B, max(keep_count.tolist()))
     for b in range(B):
@@ -165,3 +168,66 @@ def test_keep_ratio_rule_on_every_backend(backend, device):
     _, _, _, keep_count = dvtp_kernels.select_visual_tokens(
         scores, row_mask, 100, 0, [100, 29, 3, 0, 57], keep_ratio=1e-9, backend=backend)
     assert keep_count.tolist() == [1, 1, 1, 0, 1]
+
+
+@pytest.mark.parametrize("B,R,V,ties", [(1, 37, 2600, False), (3, 21, 1100, True), (2, 9, 5000, False)])
+def test_cpu_selection_does_not_depend_on_the_thread_count(B, R, V, ties):
+    """The cpu kernel splits one item's columns over threads (blocks of 512): any thread
+    count gives the reference's answer, bit for bit."""
+    require("cpu", "cpu", OP)
+    scores, row_mask = make_scores(B, R, V, ties=ties, seed=R * V, device="cpu")
+    row_mask[:, 0] = True
+    spans = ([V + 40] * B, [40] * B, [V - 3 * b for b in range(B)])
+    expected = dvtp_kernels.select_visual_tokens(scores, row_mask, *spans, keep_ratio=0.3, backend="reference")
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            got = dvtp_kernels.select_visual_tokens(scores, row_mask, *spans, keep_ratio=0.3, backend="cpu")
+            assert all(torch.equal(a, b) for a, b in zip(got, expected)), f"{n} threads"
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _ScoresReads(TorchDispatchMode):
+    """Records the ops that read ``scores``' storage outside the backend's own run."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.storage = scores.untyped_storage().data_ptr()
+        self.in_backend = False
+        self.outside = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.in_backend and any(
+            isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() == self.storage
+            for a in tree_leaves((args, kwargs or {}))
+        ):
+            self.outside.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend,device", [p for p in backend_params() if p.values[1] == "cpu"])
+def test_public_select_reads_scores_only_in_the_backend(backend, device, monkeypatch):
+    """NaN detection is part of the backend's pass over scores: the wrapper itself reads no
+    element of scores (there once was a whole-tensor isfinite pass, ~75 % of a cpu call)."""
+    from dvtp_kernels import dispatch
+
+    dev = require(backend, device, OP)
+    scores, row_mask = make_scores(2, 6, 40, ties=False, seed=4, device=dev)
+    mode = _ScoresReads(scores)
+    real = dispatch.run
+
+    def in_backend(*args, **kwargs):
+        mode.in_backend = True
+        try:
+            return real(*args, **kwargs)
+        finally:
+            mode.in_backend = False
+
+    monkeypatch.setattr(dispatch, "run", in_backend)
+    with mode:
+        out = dvtp_kernels.select_visual_tokens(scores, row_mask, 50, 5, [40, 33], keep_ratio=0.25, backend=backend)
+    assert mode.outside == []
+    kept = expected_keep(scores, row_mask, [40, 33], out[3].tolist())
+    assert [out[2][b, : len(kept[b])].tolist() for b in range(2)] == kept

@@ -4,9 +4,11 @@
 //  1. importance[j] = float64 sum over rows i with row_mask[b, i] (in row order) of
 //     scores[b, i, j], for j < key_len[b], stored as order-preserving uint64 keys (sign
 //     flipped for positives, all bits for negatives; -0 -> +0, every NaN -> the largest
-//     key, as torch.sort ranks NaN first in descending order). Keys live in dynamic shared
-//     memory (8 bytes x Vmax) or, when that exceeds the device's opt-in limit, in a
-//     global workspace [B, Vmax].
+//     key, so the order stays total). Keys live in dynamic shared memory (8 bytes x Vmax)
+//     or, when that exceeds the device's opt-in limit, in a global workspace [B, Vmax].
+//     nan_item[b] = some importance is NaN (a NaN in a selected row, or +inf + -inf): the
+//     item has no defined selection and the Python wrapper raises (its rows are then
+//     unspecified). Computed for every item, also when everything is kept.
 //  2. Radix select (8 passes of 8 bits, histograms in shared memory with warp-aggregated
 //     integer atomics: deterministic) finds the keep_count-th largest key T and how many
 //     keys equal to T are kept (take_eq).
@@ -42,6 +44,7 @@ struct SelParams {
   const int64_t* keep_count;  // [B]
   int64_t* gather_index;      // [B, max_new_len]
   int64_t* keep_index;        // [B, max_keep]
+  bool* nan_item;             // [B]
   uint64_t* keys_global;      // [B, V] workspace, or nullptr: keys in shared memory
   int64_t R, V, max_new_len, max_keep;
 };
@@ -98,6 +101,28 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelParams p) 
   int64_t* keep_row = p.keep_index + b * p.max_keep;
   int64_t* gather_row = p.gather_index + b * p.max_new_len;
 
+  uint64_t* keys = p.keys_global != nullptr ? p.keys_global + b * p.V
+                                            : reinterpret_cast<uint64_t*>(smem_raw);
+  // 1. importance -> ordered keys and the NaN flag
+  const float* sc = p.scores + b * p.R * p.V;
+  const uint8_t* mask = p.row_mask + b * p.R;
+  bool has_nan = false;
+  for (int64_t j = tid; j < kl; j += kSelThreads) {
+    double acc = 0.0;
+    // Unconditional loads (a select, not a branch) so the unrolled loop keeps many
+    // loads in flight; unselected rows add nothing (and their NaNs are not read into acc).
+#pragma unroll 16
+    for (int64_t i = 0; i < p.R; ++i) {
+      const float v = sc[i * p.V + j];
+      acc += mask[i] ? static_cast<double>(v) : 0.0;
+    }
+    has_nan |= acc != acc;
+    keys[j] = order_key(acc);
+  }
+  // Also the barrier after which every key is visible to the whole block.
+  const int any_nan = __syncthreads_or(has_nan);
+  if (tid == 0) p.nan_item[b] = any_nan != 0;
+
   if (kc == kl) {
     // Everything kept (no selection needed).
     for (int64_t j = tid; j < kl; j += kSelThreads) {
@@ -105,23 +130,6 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelParams p) 
       if (k0 + j < p.max_new_len) gather_row[k0 + j] = k0 + j;
     }
   } else if (kc > 0) {
-    uint64_t* keys = p.keys_global != nullptr ? p.keys_global + b * p.V
-                                              : reinterpret_cast<uint64_t*>(smem_raw);
-    // 1. importance -> ordered keys
-    const float* sc = p.scores + b * p.R * p.V;
-    const uint8_t* mask = p.row_mask + b * p.R;
-    for (int64_t j = tid; j < kl; j += kSelThreads) {
-      double acc = 0.0;
-      // Unconditional loads (a select, not a branch) so the unrolled loop keeps many
-      // loads in flight; unselected rows add nothing (and their NaNs are not read into acc).
-#pragma unroll 16
-      for (int64_t i = 0; i < p.R; ++i) {
-        const float v = sc[i * p.V + j];
-        acc += mask[i] ? static_cast<double>(v) : 0.0;
-      }
-      keys[j] = order_key(acc);
-    }
-    __syncthreads();
 
     // 2. radix select of the kc-th largest key, 8 bits per pass from the top.
     uint64_t prefix = 0;
@@ -220,7 +228,7 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelParams p) 
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> select_visual_tokens_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> select_visual_tokens_cuda(
     const at::Tensor& scores, const at::Tensor& row_mask, const at::Tensor& seq_len,
     const at::Tensor& key_start, const at::Tensor& key_len, const at::Tensor& keep_count,
     int64_t max_new_len, int64_t max_keep) {
@@ -247,7 +255,8 @@ std::tuple<at::Tensor, at::Tensor> select_visual_tokens_cuda(
   const auto opts = scores.options().dtype(at::kLong);
   at::Tensor gather_index = at::empty({B, max_new_len}, opts);
   at::Tensor keep_index = at::empty({B, max_keep}, opts);
-  if (B == 0) return {gather_index, keep_index};
+  at::Tensor nan_item = at::empty({B}, scores.options().dtype(at::kBool));
+  if (B == 0) return {gather_index, keep_index, nan_item};
 
   const c10::cuda::CUDAGuard guard(device);
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -272,6 +281,7 @@ std::tuple<at::Tensor, at::Tensor> select_visual_tokens_cuda(
   p.keep_count = keep_count.data_ptr<int64_t>();
   p.gather_index = gather_index.data_ptr<int64_t>();
   p.keep_index = keep_index.data_ptr<int64_t>();
+  p.nan_item = nan_item.data_ptr<bool>();
   p.keys_global =
       workspace.defined() ? reinterpret_cast<uint64_t*>(workspace.data_ptr<int64_t>()) : nullptr;
   p.R = R;
@@ -282,7 +292,7 @@ std::tuple<at::Tensor, at::Tensor> select_visual_tokens_cuda(
   set_dynamic_smem(select_kernel, smem);
   select_kernel<<<static_cast<unsigned>(B), kSelThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {gather_index, keep_index};
+  return {gather_index, keep_index, nan_item};
 }
 
 }  // namespace
