@@ -6,6 +6,7 @@ Outputs are compared bit for bit (float tensors through an integer view, so NaN
 entries -- the never-written tail of scores -- compare too)."""
 import contextlib
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -156,3 +157,66 @@ def test_cpu_accumulate_thread_count_independent_from_a_fresh_process():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def subnormal_inputs():
+    """Logits spread over > 87 (|q|, |k| ~ 6): many probabilities exp(logit - lse) are
+    subnormal floats, and so are scores entries that start at 0."""
+    g = torch.Generator().manual_seed(0)
+    B, Hq, Hkv, N, D, R = 2, 4, 2, 96, 16, 8
+    return dict(q=6 * torch.randn(B, Hq, N, D, generator=g), k=6 * torch.randn(B, Hkv, N, D, generator=g),
+                scores=torch.zeros(B, R, 40), query_start=[50, 60], key_start=[3, 10], key_len=[40, 33],
+                lse=None, key_valid=None)
+
+
+@contextlib.contextmanager
+def caller_fp_env(flush_denormal: bool, rounding: int | None):
+    """Set this thread's FP environment (MXCSR on x86): FTZ/DAZ through torch, the rounding
+    mode through libm's fesetround. The intra-op pool's workers keep their own state."""
+    import ctypes
+    import ctypes.util
+
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    before = libm.fegetround()
+    torch.set_flush_denormal(flush_denormal)
+    if rounding is not None:
+        assert libm.fesetround(rounding) == 0
+    try:
+        yield
+    finally:
+        libm.fesetround(before)
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+# glibc x86 FE_TOWARDZERO = 0xC00, FE_UPWARD = 0x800
+@pytest.mark.parametrize("flush_denormal,rounding", [(True, None), (False, 0xC00), (True, 0x800)],
+                         ids=["ftz-daz", "round-toward-zero", "ftz-daz-round-up"])
+def test_cpu_accumulate_does_not_depend_on_the_callers_fp_environment(flush_denormal, rounding, threads):
+    """The kernel computes in the IEEE default environment on every thread, whatever the
+    caller set: torch.set_flush_denormal(True) changes only the calling thread, so before
+    the kernel pinned it, the items the caller ran flushed their subnormal probabilities
+    and those of pool workers did not (61 vs 41 entries differed from IEEE for 1 vs 2
+    threads), and a directed rounding mode moved entries by up to 7 ulp."""
+    require("cpu", "cpu", "accumulate_visual_scores")
+    if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
+        pytest.skip("written for x86-64 Linux (MXCSR; glibc's FE_* rounding constants)")
+    a = subnormal_inputs()
+    with num_threads(1):
+        expected = accumulate(a, "cpu")
+    assert ((expected > 0) & (expected < torch.finfo(torch.float32).tiny)).any()  # the case is real
+    with num_threads(threads), caller_fp_env(flush_denormal, rounding):
+        got = accumulate(a, "cpu")
+    assert same_bits(expected, got)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("DVTP_STRESS") != "1", reason="stress run: set DVTP_STRESS=1 (minutes)")
+def test_cpu_accumulate_first_call_of_a_process_under_load():
+    """tools/stress_first_call.py: 300 fresh processes, two busy-loop processes loading
+    the cores, threads 1-4; every process's first call must give the later calls' bits."""
+    require("cpu", "cpu", "accumulate_visual_scores")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, "tools", "stress_first_call.py"), "--procs", "300",
+                             "--load", "2", "--threads", "1,2,3,4"], capture_output=True, text=True, timeout=7200)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -9,7 +9,9 @@
 // one thread, which then adds it into the rows of `scores` it owns: no two threads ever
 // write the same element, the order of every sum is fixed, Rc depends on the shapes only
 // (never on the thread count) and MKL is pinned to its one-thread plan in the workers
-// (SequentialBlas), so the result is bit-identical from run to run and for any
+// (SequentialBlas), and every thread computes in the IEEE default floating-point
+// environment (IeeeFloatEnv: no flush-to-zero, round to nearest, whatever the caller or
+// a worker's creator set), so the result is bit-identical from run to run and for any
 // number of threads (for a given build and CPU).
 //
 // Per item and query head h (kv head h / group), with a per-thread float32 logits tile
@@ -160,6 +162,8 @@ void accumulate_visual_scores_cpu(const at::Tensor& q, const at::Tensor& k,
   const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
   parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+    // Same rounding and subnormal handling on every thread, whatever its FP state.
+    IeeeFloatEnv ieee;
     // Same GEMM plan (and rounding) on every thread, for any thread count.
     SequentialBlas blas;
     // Per-thread scratch, reused by all items of this thread.

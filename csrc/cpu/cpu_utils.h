@@ -6,7 +6,15 @@
 #include <ATen/TensorIterator.h>
 #include <c10/util/ParallelGuard.h>
 
+#include <cfenv>
 #include <cstdint>
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <xmmintrin.h>
+#define DVTP_FP_ENV_MXCSR 1
+#elif defined(__aarch64__)
+#define DVTP_FP_ENV_FPCR 1
+#endif
 
 // MKL's thread-local thread count (the C entry point behind mkl.h's
 // mkl_set_num_threads_local macro; the lower-case symbols are the Fortran interface,
@@ -55,6 +63,58 @@ class SequentialBlas {
  private:
   int previous_ = 0;
   bool active_ = false;
+};
+
+// Sets the calling thread's floating-point environment to IEEE defaults while alive --
+// round to nearest, subnormals neither flushed to zero (FTZ) nor read as zero (DAZ) --
+// and restores the previous one on exit. The SIMD control register (MXCSR on x86, FPCR
+// on AArch64) is per thread and a new thread inherits its creator's, so without this a
+// kernel's rounding depends on who ran it: torch.set_flush_denormal(True) sets FTZ/DAZ
+// on the calling thread only, the intra-op pool's workers keep whatever state they were
+// created with (the caller's at the process's first parallel region, whatever a library
+// set then), and a work item's subnormal probabilities and products came out as 0 or
+// not depending on which thread computed it. Exception masks and flags are left alone.
+class IeeeFloatEnv {
+ public:
+  IeeeFloatEnv() {
+#if defined(DVTP_FP_ENV_MXCSR)
+    saved_ = _mm_getcsr();
+    _mm_setcsr(saved_ & ~(kFlushToZero | kDenormalsAreZero | kRoundingMask));
+#elif defined(DVTP_FP_ENV_FPCR)
+    asm volatile("mrs %0, fpcr" : "=r"(saved_));
+    const uint64_t ieee = saved_ & ~(kFlushToZero | kFlushToZero16 | kRoundingMask);
+    asm volatile("msr fpcr, %0" : : "r"(ieee));
+#else
+    saved_ = std::fegetround();
+    std::fesetround(FE_TONEAREST);
+#endif
+  }
+  ~IeeeFloatEnv() {
+#if defined(DVTP_FP_ENV_MXCSR)
+    _mm_setcsr(saved_);
+#elif defined(DVTP_FP_ENV_FPCR)
+    asm volatile("msr fpcr, %0" : : "r"(saved_));
+#else
+    std::fesetround(saved_);
+#endif
+  }
+  IeeeFloatEnv(const IeeeFloatEnv&) = delete;
+  IeeeFloatEnv& operator=(const IeeeFloatEnv&) = delete;
+
+ private:
+#if defined(DVTP_FP_ENV_MXCSR)
+  static constexpr unsigned kFlushToZero = 1u << 15;
+  static constexpr unsigned kDenormalsAreZero = 1u << 6;
+  static constexpr unsigned kRoundingMask = 3u << 13;  // 00 = round to nearest
+  unsigned saved_;
+#elif defined(DVTP_FP_ENV_FPCR)
+  static constexpr uint64_t kFlushToZero = 1ull << 24;
+  static constexpr uint64_t kFlushToZero16 = 1ull << 19;
+  static constexpr uint64_t kRoundingMask = 3ull << 22;  // 00 = round to nearest
+  uint64_t saved_;
+#else
+  int saved_;
+#endif
 };
 
 // Runs f(begin, end) over [begin, end) split into one contiguous chunk per intra-op
