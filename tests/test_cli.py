@@ -262,7 +262,7 @@ def test_selftest_fails_when_a_backend_is_wrong(monkeypatch):
     def wrong(backend, op, **args):  # the cpu backend's selection returns its keep list reversed
         out = real(backend, op, **args)
         if backend == "cpu" and op == "select_visual_tokens":
-            return out[0], out[1].flip(-1)
+            return out[0], out[1].flip(-1), out[2]
         return out
 
     monkeypatch.setattr(dispatch, "run", wrong)

@@ -103,11 +103,11 @@ def test_wrong_selection_fails_only_its_cases(monkeypatch):
     _require_cpu_backend()
 
     def shifted(original, name, op, **args):
-        gather_index, keep_index = original(name, op, **args)
+        gather_index, keep_index, nan_item = original(name, op, **args)
         # the first kept token of each item swapped for its neighbour
         keep_index = keep_index.clone()
         keep_index[:, 0] = torch.where(keep_index[:, 0] > 0, keep_index[:, 0] - 1, keep_index[:, 0] + 1)
-        return gather_index, keep_index
+        return gather_index, keep_index, nan_item
 
     _patch_backend(monkeypatch, "cpu", "select_visual_tokens", shifted)
     report = selftest.run("cpu", quick=True, backends=["cpu"])
