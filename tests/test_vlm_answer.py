@@ -308,36 +308,41 @@ def test_model_answer_has_the_functions_signature_and_docstring(model):
 
 
 def test_factor_is_passed_through(model, monkeypatch):
-    """``factor`` goes to the argument check and to dvtp.generate when given, and is
-    left out otherwise (the sampler's default)."""
+    """``factor`` goes to the argument check (before any forward) and to dvtp.generate."""
     import importlib
 
-    import dvtp.sampler
-
     answer_module = importlib.import_module("dvtp.vlm.answer")  # dvtp.vlm.answer is also the function
-
     seen = []
-    real_check = dvtp.sampler.check_generation_args
-
-    def check(**kwargs):
-        seen.append(("check", kwargs.get("factor", "absent")))
-        kwargs.pop("factor", None)
-        return real_check(**kwargs)
 
     class Stop(Exception):
         pass
 
     def generate(*args, **kwargs):
-        seen.append(("generate", kwargs.get("factor", "absent")))
+        seen.append(kwargs["factor"])
         raise Stop
 
-    monkeypatch.setattr(dvtp.sampler, "check_generation_args", check)
     monkeypatch.setattr(answer_module, "generate", generate)
-    for factor, expected in ((None, "absent"), (1.5, 1.5)):
-        seen.clear()
+    for factor in (None, 1.5):
         with pytest.raises(Stop):
             model.answer(IMG_A, "q", factor=factor, **KW)
-        assert seen == [("check", expected), ("generate", expected)]
+    assert seen == [None, 1.5]
+
+    def forbidden(*a, **k):
+        raise AssertionError("a forward ran before the argument error")
+
+    monkeypatch.setattr(model, "encode_images", forbidden)
+    with pytest.raises(ValueError, match="factor"):
+        model.answer(IMG_A, "q", factor=-1.0, **KW)
+
+
+def test_answer_with_factor_decoding(model):
+    """The factor rule runs through the image path and, like threshold, can end blocks early."""
+    kw = dict(gen_length=8, steps=8, block_length=4, stop=False, pruning=dvtp.PruningConfig(keep_ratio=0.25))
+    plain = model.answer(IMG_B, "What is shown?", **kw)
+    fast = model.answer(IMG_B, "What is shown?", factor=1.0, **kw)
+    assert fast.sequences.shape == plain.sequences.shape
+    assert fast.kept_counts == plain.kept_counts
+    assert fast.generation.num_forwards <= plain.generation.num_forwards
 
 
 def test_docs_list_every_argument():

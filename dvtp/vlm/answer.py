@@ -310,8 +310,9 @@ def answer(
             an int n (also every n-th step of a block).
         threshold: None, or Fast-dLLM's parallel decoding: each step also commits every
             masked position of the block whose confidence is at least ``threshold``.
-        factor: None, or Fast-dLLM's factor rule for parallel decoding, as in
-            `dvtp.generate`.
+        factor: None, or Fast-dLLM's factor rule for parallel decoding (what LLaDA-V's
+            Fast-dLLM code applies to its ``threshold`` argument), as in `dvtp.generate`;
+            not together with ``threshold``.
         generator: a ``torch.Generator`` for ``temperature > 0`` / ``remasking="random"``
             (None: torch's global RNG).
         progress: a progress bar over the denoising steps on stderr.
@@ -348,9 +349,6 @@ def answer(
     from ..sampler import check_generation_args, check_model
 
     t_start = time.perf_counter()
-    # passed on only when given: the sampler's ``factor`` is newer than the other
-    # arguments, and None is its default anyway
-    factor_arg = {} if factor is None else {"factor": factor}
     check_model(model)
     batch = prepare(
         model,
@@ -367,7 +365,7 @@ def answer(
             cache=cache,
             refresh=refresh,
             threshold=threshold,
-            **factor_arg,
+            factor=factor,
         ),
     )
     processor = model.processor
@@ -386,7 +384,7 @@ def answer(
         cache=cache,
         refresh=refresh,
         threshold=threshold,
-        **factor_arg,
+        factor=factor,
         stop_tokens=processor.stop_ids if stop else None,
         suppress_tokens=processor.suppressed_ids,
         generator=generator,
