@@ -138,7 +138,8 @@ def test_answer_json_with_compare(runs):
     assert isinstance(doc["answer"], str) and doc["images"] == [str(runs.photo)]
     assert doc["pruning"] == {"keep_ratio": 0.25, "policy": "redvtp", "backend": None}
     assert doc["generation"] == {"gen_length": 8, "steps": 4, "block_length": 8, "temperature": 0.0,
-                                 "cache": None, "refresh": "block", "threshold": None, "stop": False, "seed": None}
+                                 "cache": None, "refresh": "block", "threshold": None, "factor": None, "stop": False,
+                                 "seed": None}
     kept = int(SMALL["visual"] * 0.25)
     assert (doc["visual_tokens"], doc["kept_tokens"]) == (SMALL["visual"], kept)
     (views,) = doc["views"]
@@ -167,8 +168,8 @@ def test_visualize_png_dims_the_pruned_fraction(runs):
     picture = np.asarray(Image.open(runs.kept).convert("RGB")).astype(np.int64)
     # figure_size: 2 margins + 2 panels + a gap + the colour bar; margins, header, titles, panel
     assert doc["size"] == [1092, 558] and picture.shape == (558, 1092, 3)
-    views = {v["name"]: v for v in doc["views"]}
-    assert doc["kept_tokens"] == int(SMALL["visual"] * 0.3) == sum(v["kept"] for v in doc["views"])
+    views = {v["name"]: v for v in doc["views"][0]}  # one list of views per image
+    assert doc["kept_tokens"] == int(SMALL["visual"] * 0.3) == sum(v["kept"] for v in doc["views"][0])
     top = MARGIN + HEADER_HEIGHT + TITLE_HEIGHT
     for i, name in enumerate(("base", "grid")):
         left = MARGIN + i * (486 + GAP)

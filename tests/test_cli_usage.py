@@ -20,7 +20,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dvtp.cli import _choices, main
-from dvtp.cli._common import transformers_progress
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny", "--device", "cpu"]
@@ -224,21 +223,6 @@ def test_usage_error_is_one_line_from_a_subprocess():
 # ---------------------------------------------------------------------------------------
 # transformers' progress bars (item 2)
 # ---------------------------------------------------------------------------------------
-
-
-def test_transformers_progress_restores_the_setting():
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.is_progress_bar_enabled()
-    try:
-        for start in (True, False):
-            (hf_logging.enable_progress_bar if start else hf_logging.disable_progress_bar)()
-            for enabled in (True, False):
-                with transformers_progress(enabled):
-                    assert hf_logging.is_progress_bar_enabled() is enabled
-                assert hf_logging.is_progress_bar_enabled() is start
-    finally:
-        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 
 @pytest.mark.parametrize("quiet", [False, True])

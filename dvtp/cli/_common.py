@@ -226,7 +226,7 @@ KEEP_RATIO = Number(0.0, 1.0, open_low=True)
 GENERATION_NAMES = {
     "gen_length": "--gen-length", "steps": "--steps", "block_length": "--block-length",
     "temperature": "--temperature", "cache": "--cache", "refresh": "--refresh",
-    "threshold": "--threshold", "pruning.keep_ratio": "--keep-ratio",
+    "threshold": "--threshold", "factor": "--factor", "pruning.keep_ratio": "--keep-ratio",
 }
 
 
@@ -409,41 +409,21 @@ def check_model_spec(spec: str, param: str = "--model") -> None:
             "(the built-in model with random weights)", param_hint=param)
 
 
-@contextlib.contextmanager
-def transformers_progress(enabled: bool) -> Iterator[None]:
-    """transformers' own progress bars ("Loading weights 0/63") on or off for a block,
-    restored after: off under --quiet and when stderr is not a terminal, where they would
-    print stray lines."""
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.is_progress_bar_enabled()
-    if enabled:
-        hf_logging.enable_progress_bar()
-    else:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
-
-
 def load_model(spec: str, *, device: str, dtype: str, quiet: bool):
     """``spec`` "tiny" -> `dvtp.vlm.tiny_llada_v(seed=0)` (float32 unless ``dtype``);
-    a folder -> `dvtp.load(spec, dtype=..., device=...)`."""
+    a folder -> `dvtp.load(spec, dtype=..., device=...)`, with transformers' loading bar
+    only where our own progress shows (not under --quiet, not when stderr is a pipe)."""
     check_model_spec(spec)
-    show = not quiet and interactive_stderr()
     if spec == "tiny":
-        import torch
-
         from dvtp.vlm import tiny_llada_v
 
         with status("building the tiny model", quiet=quiet):
-            model = tiny_llada_v(seed=0, dtype=None if dtype == "auto" else getattr(torch, dtype))
-            return model.to(device)
+            return tiny_llada_v(seed=0, dtype=None if dtype == "auto" else dtype, device=device)
     import dvtp
 
-    with status(f"loading {spec}", quiet=quiet), transformers_progress(show):
-        return dvtp.load(spec, dtype=None if dtype == "auto" else dtype, device=device)
+    with status(f"loading {spec}", quiet=quiet):
+        return dvtp.load(spec, dtype=None if dtype == "auto" else dtype, device=device,
+                         progress=not quiet and interactive_stderr())
 
 
 def model_dtype(model) -> str:

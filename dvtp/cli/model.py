@@ -48,7 +48,11 @@ class _Refresh(click.ParamType):
 
 def _generation_options(f):
     """--policy, --backend, --gen-length, --steps, --block-length, --temperature, --cache,
-    --refresh, --threshold."""
+    --refresh, --threshold, --factor."""
+    f = click.option("--factor", type=Number(0.0, open_low=True), default=None,
+                     help="Parallel decoding by Fast-dLLM's factor rule, as LLaDA-V's fast path: transfer the "
+                          "top n masked positions whose n-th confidence is >= 1 - F/(n+1) (e.g. 1.0); "
+                          "not with --threshold.")(f)
     f = click.option("--threshold", type=Number(0.0, open_low=True), default=None,
                      help="Parallel decoding: also transfer every masked position of the block whose "
                           "confidence is at least this (Fast-dLLM; e.g. 0.9).")(f)
@@ -71,10 +75,11 @@ def _generation_options(f):
     return f
 
 
-def _schedule(gen_length, steps, block_length, temperature, cache=None, refresh="block", threshold=None) -> dict:
+def _schedule(gen_length, steps, block_length, temperature, cache=None, refresh="block", threshold=None,
+              factor=None) -> dict:
     return dict(gen_length=gen_length, steps=gen_length if steps is None else steps,
                 block_length=gen_length if block_length is None else block_length, temperature=temperature,
-                cache=cache, refresh=refresh, threshold=threshold)
+                cache=cache, refresh=refresh, threshold=threshold, factor=factor)
 
 
 def _pruning(keep_ratio, policy, backend):
@@ -321,8 +326,8 @@ def _answer_batch(model, items, *, pruning, schedule, stop, seed, device, batch_
               help="Timed runs per setting with --compare.")
 @command_options()
 def answer(model_spec, device, dtype, images, question, input_path, output, batch_size, keep_ratio, policy, backend,
-           gen_length, steps, block_length, temperature, cache, refresh, threshold, stop, seed, compare, repeats,
-           quiet, as_json):
+           gen_length, steps, block_length, temperature, cache, refresh, threshold, factor, stop, seed, compare,
+           repeats, quiet, as_json):
     """Answer a question about image(s), with optional visual-token pruning.
 
     Prints the answer, the visual tokens kept (per view), the sequence length before and
@@ -360,7 +365,7 @@ def answer(model_spec, device, dtype, images, question, input_path, output, batc
         raise OptionError("--seed seeds the sampling noise, which only --temperature > 0 draws", "--seed")
     check_model_spec(model_spec)
     pruning = _pruning(keep_ratio, policy, backend)
-    schedule = _schedule(gen_length, steps, block_length, temperature, cache, refresh, threshold)
+    schedule = _schedule(gen_length, steps, block_length, temperature, cache, refresh, threshold, factor)
     check_schedule(schedule, pruning, steps_default="" if given("steps") else "--gen-length")
     device = resolve_device(device)
 
@@ -469,7 +474,8 @@ def _print_answer(doc: dict, model_spec: str) -> None:
 
 @command("visualize", short_help="Draw which visual tokens pruning kept (a PNG).")
 @_model_options
-@click.option("--image", required=True, metavar="FILE|synthetic[:WxH]", help="The image.")
+@click.option("--image", "images", required=True, multiple=True, metavar="FILE|synthetic[:WxH]",
+              help="An image (repeatable: several images in one prompt, one row of panels each).")
 @click.option("--question", type=Text(), required=True, help="The question.")
 @click.option("--keep-ratio", type=KEEP_RATIO, required=True, metavar="R",
               help="Fraction of visual tokens kept, 0 < R <= 1.")
@@ -483,19 +489,23 @@ def _print_answer(doc: dict, model_spec: str) -> None:
               help="Heat-map scale over the kept tokens: their rank, or min-max of the importance.")
 @click.option("--no-title", is_flag=True, help="No header line above the panels.")
 @command_options()
-def visualize(model_spec, device, dtype, image, question, keep_ratio, out, policy, backend, gen_length, steps,
-              block_length, temperature, cache, refresh, threshold, panel, cmap, scale, no_title, quiet, as_json):
+def visualize(model_spec, device, dtype, images, question, keep_ratio, out, policy, backend, gen_length, steps,
+              block_length, temperature, cache, refresh, threshold, factor, panel, cmap, scale, no_title, quiet,
+              as_json):
     """Draw which visual tokens pruning kept.
 
-    One panel per view (the base view, then the anyres grid; newline tokens are not
-    drawn): pruned patches dimmed to grey, kept ones tinted by a heat map of the
-    importance they were ranked by, with kept/total counts per view and a colour bar.
+    One row of panels per image, one panel per view (the base view, then the anyres
+    grid; newline tokens are not drawn): pruned patches dimmed to grey, kept ones tinted
+    by a heat map of the importance they were ranked by, with kept/total counts per view
+    and a colour bar. With --policy uniform or random, which rank nothing, kept patches
+    get one tint and a kept/pruned legend replaces the colour bar.
     """
-    check_image_spec(image)
+    for spec in images:
+        check_image_spec(spec)
     check_output_path(out, "--out", picture="pil")
     check_model_spec(model_spec)
     pruning = _pruning(keep_ratio, policy, backend)
-    schedule = _schedule(gen_length, steps, block_length, temperature, cache, refresh, threshold)
+    schedule = _schedule(gen_length, steps, block_length, temperature, cache, refresh, threshold, factor)
     check_schedule(schedule, pruning, steps_default="" if given("steps") else "--gen-length")
     from dvtp import visualize as vis
 
@@ -504,20 +514,24 @@ def visualize(model_spec, device, dtype, image, question, keep_ratio, out, polic
     except ValueError as err:
         raise OptionError(f"--cmap {cmap}: {err}", "--cmap") from None
     device = resolve_device(device)
-    picture = read_image(image)
+    pictures = [read_image(spec) for spec in images]
     model = load_model(model_spec, device=device, dtype=dtype, quiet=quiet)
     title = None
     if not no_title:
         title = f"{model_name(model_spec)}, keep {keep_ratio} ({policy}): {{kept}}/{{total}} visual tokens kept"
-    figure, result = vis.visualize(model, picture, question, keep_ratio=keep_ratio, out=out, policy=policy,
+    figure, result = vis.visualize(model, pictures, question, keep_ratio=keep_ratio, out=out, policy=policy,
                                    backend=backend, panel=panel, cmap=cmap, scale=scale, title=title,
                                    progress=not quiet and not as_json and interactive_stderr(), **schedule)
-    tokens = result.images[0][0]
+    tokens = result.images[0]  # the item's ImageTokens, one per image
     doc = dict(out=out, size=list(figure.size), answer=result.texts[0], question=question, model=model_spec,
-               keep_ratio=keep_ratio, policy=policy, visual_tokens=tokens.num_tokens, kept_tokens=len(tokens.kept),
-               views=_view_counts(tokens), timings=dict(result.timings))
+               images=list(images), keep_ratio=keep_ratio, policy=policy, visual_tokens=result.visual_tokens[0],
+               kept_tokens=result.kept_counts[0], views=[_view_counts(t) for t in tokens],
+               timings=dict(result.timings))
     if as_json:
         emit_json(doc)
     elif not quiet:
-        views = ", ".join(f"{v['name']} {v['kept']}/{v['total']}" for v in doc["views"])
-        click.echo(f"wrote {out} ({figure.size[0]}x{figure.size[1]}): {views} kept; answer {result.texts[0]!r}")
+        per_image = [", ".join(f"{v['name']} {v['kept']}/{v['total']}" for v in views) for views in doc["views"]]
+        if len(per_image) > 1:
+            per_image = [f"image {i + 1}: {text}" for i, text in enumerate(per_image)]
+        click.echo(f"wrote {out} ({figure.size[0]}x{figure.size[1]}): {'; '.join(per_image)} kept; "
+                   f"answer {result.texts[0]!r}")

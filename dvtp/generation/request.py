@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from ..config import LLADA_SUPPRESSED_IDS, PruningConfig
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ArgumentNames", "GenerationRequest", "check_generation_args", "check_model", "check_positions", "max_positions",
@@ -49,6 +50,14 @@ class ArgumentNames:
         """``arg`` with its value, as the caller writes it."""
         name = self(arg)
         return f"{name} {value}" if name.startswith("--") else f"{name}={value!r}"
+
+
+def _is_generator(value) -> bool:
+    # torch is imported only when a generator was given: the command line checks its
+    # schedule options through this module before it imports torch (fast usage errors)
+    import torch
+
+    return isinstance(value, torch.Generator)
 
 
 def _positive_int(value, name: str) -> int:
@@ -160,7 +169,7 @@ def check_generation_args(
             f"({n.show('steps', steps)}): no step would run on the pruned sequence; prune at an earlier "
             "step or use more steps"
         )
-    if generator is not None and not isinstance(generator, torch.Generator):
+    if generator is not None and not _is_generator(generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if cache not in CACHE_MODES:
         raise ValueError(f"{n('cache')} must be None, 'prefix' or 'dual', got {cache!r}")
@@ -190,6 +199,8 @@ def check_generation_args(
 
 def check_model(model) -> None:
     """The sampler needs a transformers language model in eval mode."""
+    import torch
+
     if not isinstance(model, torch.nn.Module) or not callable(getattr(model, "get_input_embeddings", None)) \
             or getattr(model, "config", None) is None:
         raise TypeError(
