@@ -1,4 +1,4 @@
-"""The built-in demo (``dvtp demo``, ``make demo``, ``python -m dvtp.demo``).
+"""The built-in demo (``dvtp demo``, ``make demo``, ``python -m dvtp demo``).
 
 Runs `dvtp.vlm.tiny_llada_v` (seeded random weights, LLaDA-V's real view geometry, prompt
 template and special tokens) on a synthetic 1024x768 photo (or a given image) and a
@@ -9,7 +9,7 @@ view vs anyres grid) and the answer. Well under a minute on a 2-core CPU.
 
 `run` does the work and returns a `DemoResult`; `report` formats it as text and
 `to_json` as a JSON-able dict. The options are parsed by the ``dvtp demo`` command
-(`dvtp.cli`), which ``python -m dvtp.demo`` runs.
+(`dvtp.cli`); this module never imports the command line (layers import downward).
 """
 from __future__ import annotations
 
@@ -201,16 +201,3 @@ def to_json(result: DemoResult) -> dict:
     return dict(model=result.model, image=result.image, question=result.question,
                 gen_length=result.gen_length, steps=result.steps, block_length=result.block_length,
                 threads=result.threads, repeats=result.repeats, settings=settings)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m dvtp.demo [OPTIONS]``: the same as ``dvtp demo [OPTIONS]``."""
-    import sys
-
-    from .cli import demo as command
-
-    command.main(list(sys.argv[1:] if argv is None else argv), prog_name="python -m dvtp.demo")
-
-
-if __name__ == "__main__":
-    main()
