@@ -123,7 +123,7 @@ def test_from_pretrained_refuses_published_llada_folders(tmp_path, model_type):
     "kwargs, match",
     [
         (dict(gen_length=7, steps=7, block_length=4), "--gen-length 7 must be a multiple of --block-length 4"),
-        (dict(steps=9), r"--steps 9 exceeds --gen-length 8"),
+        (dict(steps=9), r"--steps 9 exceeds --gen-length 8: .*\(--steps <= --gen-length\)"),
         (dict(steps=3, block_length=4), r"--steps 3 must be divisible by the number of blocks "
                                         r"\(--gen-length / --block-length = 2\)"),
         (dict(refresh=3), r"--refresh 3 needs a cache \(--cache prefix or dual\)"),

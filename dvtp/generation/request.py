@@ -148,7 +148,7 @@ def check_generation_args(
         raise ValueError(
             f"{n.show('steps', steps)} exceeds {n.show('gen_length', gen_length)}: each denoising step "
             f"transfers at least one token, so a block of {block_length} tokens takes at most "
-            f"{block_length} steps (steps <= gen_length)"
+            f"{block_length} steps ({n('steps')} <= {n('gen_length')})"
         )
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) \
             or not (math.isfinite(float(temperature)) and temperature >= 0):
