@@ -33,15 +33,14 @@ the base view squashes any image to 27 x 27 cells and a letterboxed strip would 
 from __future__ import annotations
 
 import functools
-import io
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .paths import pil_writes_rgb, unwritable_reason
 from .vlm.images import load_image
 from .vlm.packing import BASE, GRID, NEWLINE
 
@@ -232,17 +231,6 @@ def _check_render_args(panel, dim, heat_alpha, cmap, scale):
 
 
 @functools.lru_cache(maxsize=None)
-def _saves_rgb(image_format: str) -> bool:
-    """Whether Pillow writes an RGB picture as ``image_format``: many registered
-    extensions are read-only (.psd) or need a plugin (.h5) or another mode (.xbm), so
-    only an actual save (of one pixel, into memory) tells."""
-    try:
-        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=image_format)
-    except Exception:  # noqa: BLE001 - whatever a plugin raises means "cannot write this"
-        return False
-    return True
-
-
 def _check_out(out) -> str:
     """``out`` as a path string, after checking that the picture can be written there:
     an extension Pillow writes RGB pictures in, an existing folder in which a file can be
@@ -251,29 +239,13 @@ def _check_out(out) -> str:
     if not isinstance(out, (str, bytes, os.PathLike)):
         raise ValueError(f"out must be a file path (str or os.PathLike), got {type(out).__name__}")
     path = os.fsdecode(os.fspath(out))
-    if os.path.isdir(path):
-        raise ValueError(f"out={path!r} is a folder: give a file name, e.g. {os.path.join(path, 'kept.png')!r}")
+    problem = unwritable_reason(path)
+    if problem is not None:
+        raise ValueError(f"out={path!r}: {problem}")
     ext = os.path.splitext(path)[1].lower()
-    image_format = Image.registered_extensions().get(ext)
-    if image_format is None or not _saves_rgb(image_format):
+    if not pil_writes_rgb(ext):
         raise ValueError(f"out={path!r}: the file name must end in an image extension Pillow writes, "
                          f"e.g. .png (got {ext or 'no extension'!r})")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        problem = "is not a folder" if os.path.exists(parent) else "does not exist"
-        raise ValueError(f"out={path!r}: the folder {parent!r} {problem}")
-    try:
-        if os.path.exists(path):
-            with open(path, "ab"):  # append mode: opened for writing, left as it is
-                pass
-        else:
-            # a probe next to it rather than `path` itself: no empty picture is left if
-            # the model run fails (permission bits alone miss /proc, read-only mounts, root)
-            fd, probe = tempfile.mkstemp(dir=parent, prefix=".dvtp-out-check-", suffix=ext)
-            os.close(fd)
-            os.remove(probe)
-    except OSError as err:
-        raise ValueError(f"out={path!r}: cannot write a file there ({err.strerror or err})") from None
     return path
 
 

@@ -162,13 +162,13 @@ VISUALIZE = ["visualize", *TINY, "--image", "synthetic", "--question", "q", "--k
 
 
 def test_output_paths_are_checked_before_anything_runs(no_model, tmp_path):
-    for bad, why in (("/proc/kept.png", "cannot be written"), (str(tmp_path), "folder"),
+    for bad, why in (("/proc/kept.png", "cannot write"), (str(tmp_path), "folder"),
                      (str(tmp_path / "no" / "kept.png"), "does not exist"),
                      (str(tmp_path / "kept.nosuchext"), "extension"), (str(tmp_path / "kept"), "extension")):
         line = one_error_line(invoke(*VISUALIZE, "--out", bad), "--out")
         assert why in line, line
     line = one_error_line(invoke("bench", "--op", "select", "--quick", "--out", "/proc/cpu.jsonl"), "--out")
-    assert "cannot be written" in line
+    assert "cannot write" in line
     one_error_line(invoke("bench", "--out", str(tmp_path)), "--out")
     records = tmp_path / "cpu.jsonl"
     records.write_text("")

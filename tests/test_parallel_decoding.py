@@ -16,20 +16,7 @@ import torch
 import dvtp
 from dvtp.config import PruningConfig
 from dvtp.generation.denoise import factor_counts, factor_thresholds
-
-MASK = 127
-
-
-def _items(model, lengths, spans, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n, (s, l) in zip(lengths, spans):
-        ids = torch.randint(0, MASK, (n,), generator=g)
-        with torch.no_grad():
-            emb = model.get_input_embeddings()(ids).clone()
-        emb[s : s + l] = torch.randn(l, model.config.hidden_size, generator=g) * 0.5
-        out.append(emb)
-    return out
+from prompts import MASK, image_prompts
 
 
 def run(model, x, **kw):
@@ -103,7 +90,7 @@ def test_factor_counts_follow_the_published_loop():
 def test_factor_decoding_matches_the_published_rule(factor, llada):
     """Token for token and forward for forward against the reference, steps == gen_length
     (the schedule's minimum is one, so the rule is exactly the published one)."""
-    (prompt,) = _items(llada, [30], [(2, 20)], seed=11)
+    (prompt,) = image_prompts(llada, [30], [(2, 20)], seed=11)
     kw = dict(gen_length=16, steps=16, block_length=8)
     out = run(llada, [prompt], factor=factor, **kw)
     tokens, per_block = reference_factor_generate(llada, prompt, factor=factor, **kw)
@@ -115,7 +102,7 @@ def test_factor_decoding_matches_the_published_rule(factor, llada):
 def test_factor_keeps_the_schedule_as_its_minimum(llada):
     """steps < gen_length: at least the schedule's count per step (so a block never takes
     more than its steps), the factor rule on top."""
-    (prompt,) = _items(llada, [30], [(2, 20)], seed=3)
+    (prompt,) = image_prompts(llada, [30], [(2, 20)], seed=3)
     kw = dict(gen_length=16, steps=4, block_length=8)
     out = run(llada, [prompt], factor=0.5, **kw)
     tokens, per_block = reference_factor_generate(llada, prompt, factor=0.5, **kw)
@@ -124,7 +111,7 @@ def test_factor_keeps_the_schedule_as_its_minimum(llada):
 
 
 def test_factor_batch_items_are_independent(llada):
-    prompts = _items(llada, [30, 22, 26], [(2, 20), (1, 10), (3, 12)], seed=5)
+    prompts = image_prompts(llada, [30, 22, 26], [(2, 20), (1, 10), (3, 12)], seed=5)
     kw = dict(gen_length=16, steps=16, block_length=8, factor=1.0)
     batch = run(llada, prompts, **kw)
     for b, prompt in enumerate(prompts):
@@ -138,7 +125,7 @@ def test_factor_stacks_with_pruning_and_caches(cache, llada, dream):
     equals plain factor decoding; with a real cache and pruning every block still finishes,
     and batches still equal their items."""
     for model in (llada, dream):
-        prompts = _items(model, [30, 24], [(2, 20), (1, 10)], seed=7)
+        prompts = image_prompts(model, [30, 24], [(2, 20), (1, 10)], seed=7)
         spans = [(2, 20), (1, 10)]
         kw = dict(gen_length=16, steps=16, block_length=8, factor=1.0, visual_span=spans)
         plain = run(model, prompts, **kw)
@@ -165,7 +152,7 @@ def test_factor_stacks_with_pruning_and_caches(cache, llada, dream):
     ],
 )
 def test_factor_arguments_are_checked(kwargs, match, llada):
-    (prompt,) = _items(llada, [20], [(2, 5)])
+    (prompt,) = image_prompts(llada, [20], [(2, 5)])
     with pytest.raises(ValueError, match=match):
         run(llada, [prompt], gen_length=8, steps=8, block_length=4, **kwargs)
 
@@ -181,7 +168,7 @@ def test_factor_names_the_callers_option():
 
 def test_forwards_per_block_threshold_vs_factor(llada):
     """Both rules end blocks early on the tiny model; what each costs is reported."""
-    (prompt,) = _items(llada, [30], [(2, 20)], seed=11)
+    (prompt,) = image_prompts(llada, [30], [(2, 20)], seed=11)
     kw = dict(gen_length=32, steps=32, block_length=8)
     plain = run(llada, [prompt], **kw)
     threshold = run(llada, [prompt], threshold=0.9, **kw)

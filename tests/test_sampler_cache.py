@@ -17,26 +17,13 @@ import dvtp
 import dvtp_kernels
 from dvtp.config import PruningConfig
 from dvtp.generation import kv_cache as kv_cache_module
+from prompts import MASK, image_prompts
 
-MASK = 127
 PRUNINGS = [
     None,
     PruningConfig(keep_ratio=0.5),
     PruningConfig(keep_ratio=0.25, renumber_positions=False),
 ]
-
-
-def _items(model, lengths, spans, seed=0):
-    """Per-item prompt embeddings (token embeddings with a random-feature 'image' run)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for n, (s, l) in zip(lengths, spans):
-        ids = torch.randint(0, MASK, (n,), generator=g)
-        with torch.no_grad():
-            emb = model.get_input_embeddings()(ids).clone()
-        emb[s : s + l] = torch.randn(l, model.config.hidden_size, generator=g) * 0.5
-        out.append(emb)
-    return out
 
 
 def run(model, prompts, **kw):
@@ -55,7 +42,7 @@ def run(model, prompts, **kw):
 def test_refresh_every_step_equals_no_cache(family, pruning, cache, llada, dream):
     model = llada if family == "llada" else dream
     for lengths, spans in [([41], [(4, 30)]), ([40, 29, 47], [(5, 30), (3, 20), (10, 31)])]:
-        prompts = _items(model, lengths, spans, seed=len(lengths))
+        prompts = image_prompts(model, lengths, spans, seed=len(lengths))
         kw = dict(gen_length=12, steps=6, block_length=4, visual_span=spans if len(spans) > 1 else spans[0], pruning=pruning)
         base = run(model, prompts, **kw)
         cached = run(model, prompts, cache=cache, refresh=1, **kw)
@@ -127,7 +114,7 @@ def reference_cached_generate(model, prompt, *, gen_length, steps, block_length,
 @pytest.mark.parametrize("family", ["llada", "dream"])
 def test_block_refresh_matches_independent_cached_loop(family, cache, refresh, llada, dream):
     model = llada if family == "llada" else dream
-    (prompt,) = _items(model, [37], [(3, 25)], seed=7)
+    (prompt,) = image_prompts(model, [37], [(3, 25)], seed=7)
     kw = dict(gen_length=16, steps=8, block_length=8)
     out = run(model, [prompt], cache=cache, refresh=refresh, suppress_tokens=None, **kw)
     ref = reference_cached_generate(model, prompt, mode=cache, refresh=refresh, **kw)
@@ -142,7 +129,7 @@ def test_block_refresh_matches_independent_cached_loop(family, cache, refresh, l
 def test_cached_batch_equals_items_alone(cache, dream):
     """Ragged items in one padded batch: the key-valid vector hides padding and stale rows."""
     spans = [(5, 30), (3, 20), (10, 31)]
-    prompts = _items(dream, [40, 29, 47], spans, seed=3)
+    prompts = image_prompts(dream, [40, 29, 47], spans, seed=3)
     kw = dict(gen_length=12, steps=6, block_length=4, cache=cache, pruning=PruningConfig(keep_ratio=0.5))
     batch = run(dream, prompts, visual_span=spans, **kw)
     for b in range(3):
@@ -158,7 +145,7 @@ def test_cached_batch_equals_items_alone(cache, dream):
 
 def test_pruning_compacts_every_cached_layer_in_one_call(llada, monkeypatch):
     spans = [(5, 30), (3, 20), (10, 31)]
-    prompts = _items(llada, [40, 29, 47], spans, seed=5)
+    prompts = image_prompts(llada, [40, 29, 47], spans, seed=5)
     seen = {}
     original_gather = dvtp_kernels.gather_compact
 
@@ -223,7 +210,7 @@ def _poisoning(monkeypatch, shift):
 def test_rows_a_step_must_not_read_are_never_attended(family, cache, llada, dream, monkeypatch):
     model = llada if family == "llada" else dream
     spans = [(5, 30), (3, 20), (10, 31)]
-    prompts = _items(model, [40, 29, 47], spans, seed=9)
+    prompts = image_prompts(model, [40, 29, 47], spans, seed=9)
     kw = dict(visual_span=spans, gen_length=12, steps=6, block_length=4, cache=cache,
               pruning=PruningConfig(keep_ratio=0.5, renumber_positions=False))
     clean = run(model, prompts, **kw)
@@ -269,7 +256,7 @@ def reference_threshold_generate(model, prompt, *, gen_length, steps, block_leng
 
 @pytest.mark.parametrize("threshold", [0.02, 0.05, 1.0, 1.5])
 def test_threshold_decoding_matches_reference(threshold, llada):
-    (prompt,) = _items(llada, [30], [(2, 20)], seed=11)
+    (prompt,) = image_prompts(llada, [30], [(2, 20)], seed=11)
     kw = dict(gen_length=16, steps=16, block_length=8)  # steps == gen_length: one per step at least
     out = run(llada, [prompt], threshold=threshold, suppress_tokens=None, **kw)
     tokens, forwards = reference_threshold_generate(llada, prompt, threshold=threshold, **kw)
@@ -281,7 +268,7 @@ def test_threshold_decoding_matches_reference(threshold, llada):
 
 
 def test_low_threshold_finishes_blocks_in_fewer_forwards(llada):
-    (prompt,) = _items(llada, [30], [(2, 20)], seed=11)
+    (prompt,) = image_prompts(llada, [30], [(2, 20)], seed=11)
     kw = dict(gen_length=16, steps=16, block_length=8, suppress_tokens=None)
     slow = run(llada, [prompt], threshold=1.5, **kw)
     fast = run(llada, [prompt], threshold=0.02, cache="dual", pruning=PruningConfig(keep_ratio=0.5), visual_span=(2, 20), **kw)
@@ -313,7 +300,7 @@ def test_cache_and_threshold_arguments_are_checked(kwargs, match, llada):
 
 
 def test_backends_report_what_ran(llada):
-    (prompt,) = _items(llada, [30], [(2, 20)], seed=1)
+    (prompt,) = image_prompts(llada, [30], [(2, 20)], seed=1)
     kw = dict(visual_span=(2, 20), gen_length=8, steps=4)
     assert run(llada, [prompt], pruning=PruningConfig(keep_ratio=0.5, backend="reference"), **kw).backends == {
         op: "reference" for op in dvtp_kernels.dispatch.OPS
@@ -338,7 +325,7 @@ def test_steps_issue_no_host_sync(kw, llada):
     step that does not prune."""
     from torch.profiler import ProfilerActivity, profile
 
-    prompts = _items(llada, [30, 24], [(2, 20), (1, 10)], seed=2)
+    prompts = image_prompts(llada, [30, 24], [(2, 20), (1, 10)], seed=2)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         out = run(llada, prompts, gen_length=8, steps=8, block_length=4, **kw)
     events = prof.events()
@@ -362,7 +349,7 @@ def test_cuda_loop_runs_under_sync_debug_mode(kw, monkeypatch):
     import dvtp.sampler as sampler
 
     model = dvtp.models.llada_lm(dvtp.models.tiny_llada_config(), seed=0).cuda()
-    prompts = [p.cuda() for p in _items(model, [30, 24], [(2, 20), (1, 10)], seed=2)]
+    prompts = [p.cuda() for p in image_prompts(model, [30, 24], [(2, 20), (1, 10)], seed=2)]
     run(model, prompts, gen_length=8, steps=8, block_length=4, **kw)  # warm-up (lazy init may sync)
     real_patched = sampler.patched
 

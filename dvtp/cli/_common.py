@@ -18,7 +18,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import traceback
 from typing import Any, Callable, Iterator
 
@@ -332,17 +331,16 @@ def json_line(doc: Any) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _picture_extensions(kind: str) -> set[str]:
-    """File extensions (".png") the writer of ``kind`` can save: "pil" (Pillow) or
-    "matplotlib" (Figure.savefig)."""
+def _picture_written(ext: str, kind: str) -> bool:
+    """Whether the writer of ``kind`` saves a file ending in ``ext``: "pil" (Pillow, an RGB
+    picture) or "matplotlib" (Figure.savefig)."""
     if kind == "pil":
-        from PIL import Image
+        from dvtp.paths import pil_writes_rgb
 
-        Image.init()
-        return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+        return pil_writes_rgb(ext)
     from matplotlib.backend_bases import FigureCanvasBase
 
-    return {"." + ext for ext in FigureCanvasBase.get_supported_filetypes()}
+    return ext.lstrip(".") in FigureCanvasBase.get_supported_filetypes()
 
 
 def check_output_path(path: str, option: str, *, picture: str | None = None) -> str:
@@ -354,30 +352,17 @@ def check_output_path(path: str, option: str, *, picture: str | None = None) -> 
     def bad(why: str):
         raise OptionError(f"{option} {path}: {why}", option)
 
-    if not path:
-        bad("an empty path")
-    if os.path.isdir(path):
-        bad("is a folder; give a file name")
+    from dvtp.paths import unwritable_reason
+
+    problem = unwritable_reason(path)
+    if problem is not None:
+        bad(problem)
     if picture is not None:
         ext = os.path.splitext(path)[1].lower()
-        allowed = _picture_extensions(picture)
-        if ext not in allowed:
-            shown = ", ".join(sorted(e for e in allowed if e in (".png", ".jpg", ".pdf", ".svg", ".webp")))
+        if not ext or not _picture_written(ext, picture):
+            examples = ".png, .jpg, .webp" if picture == "pil" else ".png, .pdf, .svg"
             bad(f"{'no' if not ext else 'the'} file extension {ext!r} is not one that can be written "
-                f"(e.g. {shown or ', '.join(sorted(allowed)[:5])})")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        bad(f"the folder {parent} does not exist")
-    try:
-        if os.path.exists(path):
-            with open(path, "ab"):  # appending nothing changes nothing
-                pass
-        else:
-            fd, probe = tempfile.mkstemp(dir=parent, prefix=".dvtp-write-check-")
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as err:
-        bad(f"cannot be written ({err.strerror or err})")
+                f"(e.g. {examples})")
     return path
 
 

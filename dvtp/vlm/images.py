@@ -115,49 +115,40 @@ def _open_path(path: str | os.PathLike, name: str) -> Image.Image:
         raise ValueError(f"{name}: no such file: {shown!r}")
     if os.path.isdir(shown):
         raise ValueError(f"{name}: {shown!r} is a directory, not an image file")
+    return _decode(shown, name, f"read the image file {shown!r}", source=shown)
+
+
+def _decode(src, name: str, what: str, *, source: str | None = None) -> Image.Image:
+    """Open and fully decode an encoded image from ``src``, a file path or a binary file
+    object; ``what`` completes the error message "could not ..." and ``source`` (a path)
+    is named in later messages about the decoded picture."""
     img = None
     try:
-        img = Image.open(shown)
+        img = Image.open(src)
         img.load()
     except Exception as exc:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
         if img is not None:
             img.close()
-        raise ValueError(
-            f"{name}: could not read the image file {shown!r}: {type(exc).__name__}: {exc} "
-            "(is it a complete, valid image file?)"
-        ) from None
-    with img:
-        return _pil_to_rgb(img, name, source=shown, copy=True)
-
-
-def _decode(fp, name: str, what: str) -> Image.Image:
-    """Open and fully decode an encoded image from the binary file object ``fp``."""
-    img = None
-    try:
-        img = Image.open(fp)
-        img.load()
-    except Exception as exc:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
-        if img is not None:
-            img.close()
-        # PIL's message for an unknown format only names our in-memory buffer
+        # PIL's message for an unknown format only names the file or our in-memory buffer
         why = (
             "no image format PIL reads recognises it"
             if isinstance(exc, UnidentifiedImageError)
             else f"{type(exc).__name__}: {exc}"
         )
         raise ValueError(
-            f"{name}: could not decode {what} as an image: {why} "
+            f"{name}: could not {what}: {why} "
             "(expected the complete contents of an image file: PNG, JPEG, ...)"
         ) from None
     with img:
-        return _pil_to_rgb(img, name, source=None, copy=True)
+        return _pil_to_rgb(img, name, source=source, copy=True)
 
 
 def _open_bytes(data: bytes, name: str) -> Image.Image:
     if not data:
         raise ValueError(f"{name}: the image bytes are empty (expected the contents of an image file)")
     head = data[:16]
-    return _decode(io.BytesIO(data), name, f"the {len(data)} bytes given (starting {head!r})")
+    return _decode(io.BytesIO(data), name,
+                   f"decode the {len(data)} bytes given (starting {head!r}) as an image")
 
 
 def _open_file_object(fp: Any, name: str) -> Image.Image:
@@ -181,7 +172,7 @@ def _open_file_object(fp: Any, name: str) -> Image.Image:
         )
     source = getattr(fp, "name", None)
     what = f"the file object {source!r}" if isinstance(source, str) else f"the {len(data)} bytes read from the file object"
-    return _decode(io.BytesIO(data), name, what)
+    return _decode(io.BytesIO(data), name, f"decode {what} as an image")
 
 
 def _describe_wide_mode(mode: str) -> str | None:
